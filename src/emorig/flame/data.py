@@ -25,7 +25,9 @@ def _expect(cond: bool, source: str, what: str, obtain: str | None = None) -> No
 
 
 def _shape_is(a: np.ndarray, shape: tuple[int | None, ...]) -> bool:
-    return a.ndim == len(shape) and all(s is None or s == d for s, d in zip(shape, a.shape))
+    return a.ndim == len(shape) and all(
+        s is None or s == d for s, d in zip(shape, a.shape, strict=True)
+    )
 
 
 @dataclass(frozen=True)
@@ -67,32 +69,70 @@ class FlameData:
     def validate(self, source: str, obtain: str | None = None) -> FlameData:
         v = self.v_template.shape[0] if self.v_template.ndim == 2 else -1
         j = self.parents.shape[0] if self.parents.ndim == 1 else -1
-        _expect(_shape_is(self.v_template, (None, 3)) and v > 0, source,
-                f"v_template has shape {self.v_template.shape}, expected (V, 3)", obtain)
-        _expect(_shape_is(self.faces, (None, 3)), source,
-                f"faces have shape {self.faces.shape}, expected (F, 3)", obtain)
-        _expect(self.faces.size == 0 or (self.faces.min() >= 0 and self.faces.max() < v), source,
-                f"faces index vertices outside 0..{v - 1}", obtain)
-        _expect(_shape_is(self.shapedirs, (v, 3, None)), source,
-                f"shapedirs have shape {self.shapedirs.shape}, expected ({v}, 3, S)", obtain)
-        _expect(_shape_is(self.exprdirs, (v, 3, None)), source,
-                f"expression directions have shape {self.exprdirs.shape}, expected ({v}, 3, E)",
-                obtain)
+        _expect(
+            _shape_is(self.v_template, (None, 3)) and v > 0,
+            source,
+            f"v_template has shape {self.v_template.shape}, expected (V, 3)",
+            obtain,
+        )
+        _expect(
+            _shape_is(self.faces, (None, 3)),
+            source,
+            f"faces have shape {self.faces.shape}, expected (F, 3)",
+            obtain,
+        )
+        _expect(
+            self.faces.size == 0 or (self.faces.min() >= 0 and self.faces.max() < v),
+            source,
+            f"faces index vertices outside 0..{v - 1}",
+            obtain,
+        )
+        _expect(
+            _shape_is(self.shapedirs, (v, 3, None)),
+            source,
+            f"shapedirs have shape {self.shapedirs.shape}, expected ({v}, 3, S)",
+            obtain,
+        )
+        _expect(
+            _shape_is(self.exprdirs, (v, 3, None)),
+            source,
+            f"expression directions have shape {self.exprdirs.shape}, expected ({v}, 3, E)",
+            obtain,
+        )
         _expect(j >= 1, source, "kinematic tree is empty", obtain)
-        _expect(_shape_is(self.posedirs, (v, 3, 9 * (j - 1))), source,
-                f"posedirs have shape {self.posedirs.shape}, expected ({v}, 3, {9 * (j - 1)})",
-                obtain)
-        _expect(_shape_is(self.j_regressor, (j, v)), source,
-                f"J_regressor has shape {self.j_regressor.shape}, expected ({j}, {v})", obtain)
-        _expect(_shape_is(self.weights, (v, j)), source,
-                f"weights have shape {self.weights.shape}, expected ({v}, {j})", obtain)
-        _expect(int(self.parents[0]) == -1 and all(
-            0 <= int(p) < i for i, p in enumerate(self.parents[1:], start=1)), source,
+        _expect(
+            _shape_is(self.posedirs, (v, 3, 9 * (j - 1))),
+            source,
+            f"posedirs have shape {self.posedirs.shape}, expected ({v}, 3, {9 * (j - 1)})",
+            obtain,
+        )
+        _expect(
+            _shape_is(self.j_regressor, (j, v)),
+            source,
+            f"J_regressor has shape {self.j_regressor.shape}, expected ({j}, {v})",
+            obtain,
+        )
+        _expect(
+            _shape_is(self.weights, (v, j)),
+            source,
+            f"weights have shape {self.weights.shape}, expected ({v}, {j})",
+            obtain,
+        )
+        _expect(
+            int(self.parents[0]) == -1
+            and all(0 <= int(p) < i for i, p in enumerate(self.parents[1:], start=1)),
+            source,
             f"kinematic tree {self.parents.tolist()} is not rooted at joint 0 with parents "
-            "before children", obtain)
+            "before children",
+            obtain,
+        )
         for name in ("v_template", "shapedirs", "exprdirs", "posedirs", "j_regressor", "weights"):
-            _expect(bool(np.isfinite(getattr(self, name)).all()), source,
-                    f"{name} contains NaN or infinite values", obtain)
+            _expect(
+                bool(np.isfinite(getattr(self, name)).all()),
+                source,
+                f"{name} contains NaN or infinite values",
+                obtain,
+            )
         return self
 
 
@@ -117,8 +157,9 @@ class LandmarkEmbedding:
     full_faces: np.ndarray
     full_bary: np.ndarray
 
-    def validate(self, source: str, n_faces: int | None = None,
-                 obtain: str | None = None) -> LandmarkEmbedding:
+    def validate(
+        self, source: str, n_faces: int | None = None, obtain: str | None = None
+    ) -> LandmarkEmbedding:
         checks = [
             ("static_lmk_faces_idx", self.static_faces, (N_STATIC,)),
             ("static_lmk_bary_coords", self.static_bary, (N_STATIC, 3)),
@@ -128,13 +169,24 @@ class LandmarkEmbedding:
             ("full_lmk_bary_coords", self.full_bary, (N_LANDMARKS, 3)),
         ]
         for key, arr, shape in checks:
-            _expect(_shape_is(arr, shape), source,
-                    f"'{key}' has shape {arr.shape}, expected {shape}", obtain)
+            _expect(
+                _shape_is(arr, shape),
+                source,
+                f"'{key}' has shape {arr.shape}, expected {shape}",
+                obtain,
+            )
         if n_faces is not None:
-            for key, arr in (("static", self.static_faces), ("dynamic", self.dynamic_faces),
-                             ("full", self.full_faces)):
-                _expect(arr.min() >= 0 and arr.max() < n_faces, source,
-                        f"{key} landmark faces index outside the mesh's {n_faces} faces", obtain)
+            for key, arr in (
+                ("static", self.static_faces),
+                ("dynamic", self.dynamic_faces),
+                ("full", self.full_faces),
+            ):
+                _expect(
+                    arr.min() >= 0 and arr.max() < n_faces,
+                    source,
+                    f"{key} landmark faces index outside the mesh's {n_faces} faces",
+                    obtain,
+                )
         return self
 
 
@@ -152,19 +204,32 @@ class MediapipeEmbedding:
     bary: np.ndarray
     mediapipe_index: np.ndarray
 
-    def validate(self, source: str, n_faces: int | None = None,
-                 obtain: str | None = None) -> MediapipeEmbedding:
+    def validate(
+        self, source: str, n_faces: int | None = None, obtain: str | None = None
+    ) -> MediapipeEmbedding:
         m = self.faces.shape[0] if self.faces.ndim == 1 else -1
-        _expect(m > 0, source, f"'lmk_face_idx' has shape {self.faces.shape}, expected (M,)",
-                obtain)
-        _expect(_shape_is(self.bary, (m, 3)), source,
-                f"'lmk_b_coords' has shape {self.bary.shape}, expected ({m}, 3)", obtain)
-        _expect(_shape_is(self.mediapipe_index, (m,)), source,
-                f"'landmark_indices' has shape {self.mediapipe_index.shape}, expected ({m},)",
-                obtain)
+        _expect(
+            m > 0, source, f"'lmk_face_idx' has shape {self.faces.shape}, expected (M,)", obtain
+        )
+        _expect(
+            _shape_is(self.bary, (m, 3)),
+            source,
+            f"'lmk_b_coords' has shape {self.bary.shape}, expected ({m}, 3)",
+            obtain,
+        )
+        _expect(
+            _shape_is(self.mediapipe_index, (m,)),
+            source,
+            f"'landmark_indices' has shape {self.mediapipe_index.shape}, expected ({m},)",
+            obtain,
+        )
         if n_faces is not None:
-            _expect(self.faces.min() >= 0 and self.faces.max() < n_faces, source,
-                    f"faces index outside the mesh's {n_faces} faces", obtain)
+            _expect(
+                self.faces.min() >= 0 and self.faces.max() < n_faces,
+                source,
+                f"faces index outside the mesh's {n_faces} faces",
+                obtain,
+            )
         return self
 
 
@@ -180,15 +245,27 @@ class UVLayout:
     uv: np.ndarray
     uv_faces: np.ndarray
 
-    def validate(self, source: str, n_faces: int | None = None,
-                 obtain: str | None = None) -> UVLayout:
-        _expect(_shape_is(self.uv, (None, 2)), source,
-                f"uv coordinates have shape {self.uv.shape}, expected (T, 2)", obtain)
-        _expect(_shape_is(self.uv_faces, (n_faces, 3)), source,
-                f"uv faces have shape {self.uv_faces.shape}, expected ({n_faces or 'F'}, 3)",
-                obtain)
-        _expect(self.uv_faces.min() >= 0 and self.uv_faces.max() < self.uv.shape[0], source,
-                "uv faces index outside the uv list", obtain)
+    def validate(
+        self, source: str, n_faces: int | None = None, obtain: str | None = None
+    ) -> UVLayout:
+        _expect(
+            _shape_is(self.uv, (None, 2)),
+            source,
+            f"uv coordinates have shape {self.uv.shape}, expected (T, 2)",
+            obtain,
+        )
+        _expect(
+            _shape_is(self.uv_faces, (n_faces, 3)),
+            source,
+            f"uv faces have shape {self.uv_faces.shape}, expected ({n_faces or 'F'}, 3)",
+            obtain,
+        )
+        _expect(
+            self.uv_faces.min() >= 0 and self.uv_faces.max() < self.uv.shape[0],
+            source,
+            "uv faces index outside the uv list",
+            obtain,
+        )
         return self
 
 
@@ -212,11 +289,19 @@ class AlbedoSpaceData:
         return self.basis.shape[-1]
 
     def validate(self, source: str, obtain: str | None = None) -> AlbedoSpaceData:
-        _expect(_shape_is(self.mean, (None, None, 3)), source,
-                f"albedo mean has shape {self.mean.shape}, expected (H, W, 3)", obtain)
+        _expect(
+            _shape_is(self.mean, (None, None, 3)),
+            source,
+            f"albedo mean has shape {self.mean.shape}, expected (H, W, 3)",
+            obtain,
+        )
         h, w = self.mean.shape[:2]
-        _expect(_shape_is(self.basis, (h, w, 3, None)), source,
-                f"albedo basis has shape {self.basis.shape}, expected ({h}, {w}, 3, K)", obtain)
+        _expect(
+            _shape_is(self.basis, (h, w, 3, None)),
+            source,
+            f"albedo basis has shape {self.basis.shape}, expected ({h}, {w}, 3, K)",
+            obtain,
+        )
         return self
 
 

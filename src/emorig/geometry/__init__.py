@@ -7,12 +7,12 @@ from emorig.geometry.camera import (
     perspective_project,
     pixels_to_ndc,
 )
-from emorig.geometry.lbs import blend_shapes, lbs, rigid_transform_chain, vertices_to_joints
 from emorig.geometry.landmarks import (
     contour_lut_row,
     vertices_to_landmarks,
     yaw_of_rotation,
 )
+from emorig.geometry.lbs import blend_shapes, lbs, rigid_transform_chain, vertices_to_joints
 from emorig.geometry.mesh import face_normals, face_vertices, vertex_normals
 from emorig.geometry.rotations import (
     axis_angle_to_matrix,

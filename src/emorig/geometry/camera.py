@@ -74,6 +74,45 @@ def front_camera(
     return r.expand(batch_size, 3, 3).clone(), t.expand(batch_size, 3).clone()
 
 
+@dataclass(frozen=True)
+class PerspectiveCamera:
+    """A pinhole camera for :func:`perspective_project` (batched tensors).
+
+    Attributes:
+        rotation: (B, 3, 3) world -> camera.
+        translation: (B, 3) world -> camera.
+        focal: (B,) or (B, 2) focal length in NDC units.
+        principal: (B, 2) principal point in NDC, or None for the image centre.
+    """
+
+    rotation: Tensor
+    translation: Tensor
+    focal: Tensor
+    principal: Tensor | None = None
+
+    def project(self, points: Tensor) -> Tensor:
+        """(B, N, 3) world points -> (B, N, 3) NDC x, NDC y, camera depth."""
+        return perspective_project(
+            points,
+            self.rotation.to(points),
+            self.translation.to(points),
+            self.focal.to(points),
+            None if self.principal is None else self.principal.to(points),
+        )
+
+    @staticmethod
+    def in_front(
+        batch_size: int, distance: float, fov_degrees: float, device=None, dtype=torch.float32
+    ) -> PerspectiveCamera:
+        """A camera ``distance`` metres in front of the FLAME origin with the given vertical
+        field of view."""
+        import math
+
+        r, t = front_camera(batch_size, distance, device, dtype)
+        f = 1.0 / math.tan(math.radians(fov_degrees) / 2)
+        return PerspectiveCamera(r, t, torch.full((batch_size,), f, device=device, dtype=dtype))
+
+
 def pixels_to_ndc(points: Tensor, height: int, width: int) -> Tensor:
     """(..., 2) continuous pixel coordinates (x, y) -> NDC."""
     scale = points.new_tensor([2.0 / width, 2.0 / height])

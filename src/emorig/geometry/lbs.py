@@ -37,7 +37,7 @@ def rigid_transform_chain(
         posed_joints (B, J, 3) and the relative transforms (B, J, 4, 4) that move a rest-pose
         point rigidly with each joint (the ``G_k`` of LBS, rest pose removed).
     """
-    b, j = joints.shape[:2]
+    j = joints.shape[1]
     rel = joints.clone()
     rel[:, 1:] = joints[:, 1:] - joints[:, parents[1:]]
     local = torch.cat(
@@ -89,5 +89,7 @@ def lbs(
     v_posed = v_shaped + (pose_feature @ posedirs).view(b, -1, 3)
     posed_joints, relative = rigid_transform_chain(rot, joints, parents)
     per_vertex = torch.einsum("vj,bjmn->bvmn", weights, relative)  # (B, V, 4, 4)
-    vertices = (per_vertex[..., :3, :3] @ v_posed.unsqueeze(-1)).squeeze(-1) + per_vertex[..., :3, 3]
+    vertices = (per_vertex[..., :3, :3] @ v_posed.unsqueeze(-1)).squeeze(-1) + per_vertex[
+        ..., :3, 3
+    ]
     return vertices, posed_joints

@@ -53,14 +53,42 @@ def matrix_to_quaternion(matrix: Tensor) -> Tensor:
     q_abs = q_sq4.clamp_min(1e-12).sqrt()  # 2 |q_i|
     w = torch.stack(
         [
-            torch.stack([q_abs[..., 0] ** 2, m[..., 2, 1] - m[..., 1, 2],
-                         m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
-            torch.stack([m[..., 2, 1] - m[..., 1, 2], q_abs[..., 1] ** 2,
-                         m[..., 1, 0] + m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0]], -1),
-            torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] + m[..., 0, 1],
-                         q_abs[..., 2] ** 2, m[..., 2, 1] + m[..., 1, 2]], -1),
-            torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 2, 0] + m[..., 0, 2],
-                         m[..., 2, 1] + m[..., 1, 2], q_abs[..., 3] ** 2], -1),
+            torch.stack(
+                [
+                    q_abs[..., 0] ** 2,
+                    m[..., 2, 1] - m[..., 1, 2],
+                    m[..., 0, 2] - m[..., 2, 0],
+                    m[..., 1, 0] - m[..., 0, 1],
+                ],
+                -1,
+            ),
+            torch.stack(
+                [
+                    m[..., 2, 1] - m[..., 1, 2],
+                    q_abs[..., 1] ** 2,
+                    m[..., 1, 0] + m[..., 0, 1],
+                    m[..., 0, 2] + m[..., 2, 0],
+                ],
+                -1,
+            ),
+            torch.stack(
+                [
+                    m[..., 0, 2] - m[..., 2, 0],
+                    m[..., 1, 0] + m[..., 0, 1],
+                    q_abs[..., 2] ** 2,
+                    m[..., 2, 1] + m[..., 1, 2],
+                ],
+                -1,
+            ),
+            torch.stack(
+                [
+                    m[..., 1, 0] - m[..., 0, 1],
+                    m[..., 2, 0] + m[..., 0, 2],
+                    m[..., 2, 1] + m[..., 1, 2],
+                    q_abs[..., 3] ** 2,
+                ],
+                -1,
+            ),
         ],
         -2,
     )  # (..., 4, 4): row i is 4 q_i q
@@ -89,6 +117,7 @@ def yaw_pitch_roll_to_matrix(yaw: Tensor, pitch: Tensor, roll: Tensor) -> Tensor
     In FLAME space a positive yaw turns the face towards its left (+x), a positive pitch
     tilts the chin down, a positive roll tilts the head towards its right shoulder.
     """
+
     def about(axis: int, angle: Tensor) -> Tensor:
         v = torch.zeros(*angle.shape, 3, dtype=angle.dtype, device=angle.device)
         v[..., axis] = angle
