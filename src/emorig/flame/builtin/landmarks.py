@@ -14,7 +14,6 @@ import numpy as np
 
 from emorig.flame.builtin.bases import _vertex_normals
 from emorig.flame.builtin.mesh import PART_SKIN, HeadMesh, cast
-from emorig.flame.builtin.rig import smoothstep
 from emorig.flame.builtin.sculpt import ANATOMY, Anatomy
 from emorig.flame.data import LandmarkEmbedding
 
@@ -184,17 +183,29 @@ def static_landmarks(mesh: HeadMesh, jaw: np.ndarray, openings: dict, anatomy: A
 
 
 def contour_candidates(mesh: HeadMesh, jaw: np.ndarray) -> np.ndarray:
-    """Skin vertices that may carry a contour landmark: the face in front of the ears and
-    above the underside of the jaw."""
+    """Skin vertices that may carry a contour landmark: the face in front of the ears, down
+    to and including the underside of the jaw, but not the neck below it.
+
+    Per column the neck starts below the ring where the surface faces most downwards under
+    the mouth (the underside of the jaw); columns without such a ledge stop at y = -0.075.
+    """
     v = mesh.vertices
     n = _vertex_normals(mesh)
-    skin = (mesh.part == PART_SKIN) & (mesh.column >= 0)
+    skin = (mesh.part == PART_SKIN) & (mesh.column >= 0) & ~mesh.lower_lip
     theta = mesh.theta[np.maximum(mesh.column, 0)]
-    front = np.abs(theta) < np.radians(78)
-    under = (n[:, 1] < -0.55) & (v[:, 1] < -0.03)
-    ear = (np.abs(v[:, 0]) > 0.066) & (v[:, 1] > -0.03)
-    high = v[:, 1] < 0.028 - 0.004
-    return skin & front & ~under & ~ear & high & (smoothstep(-0.11, -0.10, v[:, 1]) > 0.5)
+    keep = skin & (np.abs(theta) < np.radians(80)) & (v[:, 1] < 0.024)
+    keep &= ~((np.abs(v[:, 0]) > 0.064) & (v[:, 1] > -0.035))  # ears
+    for j in range(mesh.theta.size):
+        ids = np.flatnonzero(skin & (mesh.column == j))
+        low = ids[v[ids, 1] < -0.045]
+        if low.size == 0:
+            continue
+        ledge = low[np.argmin(n[low, 1])]
+        if n[ledge, 1] < -0.45:
+            keep[ids[mesh.ring[ids] < mesh.ring[ledge]]] = False
+        else:
+            keep[ids[v[ids, 1] < -0.075]] = False
+    return keep
 
 
 def _rot_y(deg: float) -> np.ndarray:
@@ -207,8 +218,9 @@ def contour_vertices(mesh: HeadMesh, jaw: np.ndarray, yaw_deg: float) -> np.ndar
     """(17,) vertex ids of the contour landmarks seen at ``yaw_deg`` (image left to right)."""
     cand = np.flatnonzero(contour_candidates(mesh, jaw))
     v = mesh.vertices @ _rot_y(yaw_deg).T
+    # centre of the angular sweep: on the mid-line, between the eyes and the nose tip
     nose = mesh.vertices[np.argmax(np.where(mesh.part == PART_SKIN, mesh.vertices[:, 2], -1))]
-    center = (nose @ _rot_y(yaw_deg).T)[:2] + np.array([0.0, 0.0])
+    center = (np.array([0.0, 0.012, nose[2]]) @ _rot_y(yaw_deg).T)[:2]
     rel = v[cand, :2] - center
     ang = np.degrees(np.arctan2(rel[:, 1], rel[:, 0])) % 360.0
     rad = np.linalg.norm(rel, axis=1)

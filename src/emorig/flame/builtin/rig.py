@@ -134,7 +134,8 @@ def pose_correctives(mesh: HeadMesh, weights: np.ndarray) -> np.ndarray:
     jaw = weights[:, JAW]
     stretch = 4.0 * jaw * (1.0 - jaw) * (mesh.part == PART_SKIN)
     jaw_entry = 9 * (JAW - 1) + 3 * 2 + 1
-    out[:, 0, jaw_entry] = -np.sign(v[:, 0]) * 0.010 * stretch
+    # draw the cheeks in towards the mid-line (a contraction, so columns never cross it)
+    out[:, 0, jaw_entry] = -0.12 * v[:, 0] * stretch
     out[:, 1, jaw_entry] = -0.006 * stretch
     neck_mix = 4.0 * weights[:, ROOT] * (1.0 - weights[:, ROOT])
     front = smoothstep(-0.02, 0.02, v[:, 2])

@@ -1,0 +1,5 @@
+import sys
+
+from emorig.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,193 @@
+"""The ``emorig`` command. Thin: parse flags, call the library, print one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from emorig import __version__
+from emorig.errors import EmorigError
+
+EPILOG = """\
+Licensed files (FLAME, DECA, EMOCA, DiffusionRig) are never downloaded: put them in one folder
+and pass --assets DIR or set EMORIG_HOME. Without them every command runs on the built-in
+synthetic head (--head builtin), which is procedurally generated and not a model of real faces.
+"""
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cmd_assets_check(args: argparse.Namespace) -> int:
+    from emorig.assets import asset_home, asset_spec, check_assets
+
+    home = asset_home(args.assets)
+    if home is None:
+        _say(
+            "no asset folder given (--assets DIR or EMORIG_HOME); listing what emorig can use. "
+            "The built-in synthetic head needs none of these."
+        )
+    else:
+        print(f"asset folder: {home}")
+    statuses = check_assets(home)
+    width = max(len(s.key) for s in statuses)
+    for s in statuses:
+        spec = asset_spec(s.key)
+        mark = "ok     " if s.ok else ("BROKEN " if s.path is not None else "missing")
+        print(f"{mark} {s.key:<{width}}  {s.message}")
+        if s.path is None:
+            print(f"        {'':<{width}}  needed for: {', '.join(spec.required_for)}")
+    broken = [s for s in statuses if s.path is not None and not s.ok]
+    return 1 if broken else 0
+
+
+def cmd_assets_convert_flame(args: argparse.Namespace) -> int:
+    from emorig.io.flame_files import read_flame, write_flame_npz
+
+    t = time.perf_counter()
+    flame = read_flame(args.input)
+    out = Path(args.output)
+    if out.suffix != ".npz":
+        raise EmorigError(
+            f"{out}: the converted model is written as .npz; name it e.g. "
+            f"{out.with_suffix('.npz').name}"
+        )
+    write_flame_npz(flame, out)
+    print(
+        f"wrote {out} ({flame.name}: {flame.n_vertices} vertices, "
+        f"{flame.shapedirs.shape[2]} identity + {flame.exprdirs.shape[2]} expression "
+        f"components) in {time.perf_counter() - t:.1f} s; load it anywhere a FLAME file is accepted"
+    )
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from emorig.flame.heads import load_head
+    from emorig.render.showcase import (
+        BUILTIN_SHOWCASE,
+        FLAME_SHOWCASE,
+        render_showcase,
+    )
+
+    if args.head == "builtin":
+        _say("building the built-in synthetic head (procedural, about 5 s)...")
+    t = time.perf_counter()
+    head = load_head(args.head, args.assets, albedo=args.albedo)
+    faces = args.face or list(BUILTIN_SHOWCASE if head.synthetic else FLAME_SHOWCASE)
+    buffers = [b.strip() for b in args.buffers.split(",") if b.strip()]
+    camera = [float(c) for c in args.camera.split(",")]
+    if len(camera) != 3:
+        raise EmorigError(f"--camera '{args.camera}': give three numbers s,tx,ty")
+    result = render_showcase(
+        head, faces, args.out, size=args.size, buffers=buffers, camera=camera, device=args.device
+    )
+    print(
+        f"rendered {len(faces)} faces of {head.flame.name} x {len(buffers)} buffers "
+        f"at {args.size}px in {time.perf_counter() - t:.1f} s"
+    )
+    print(f"contact sheet: {result.sheet}")
+    print(f"{len(result.files)} PNGs and the parameters ({result.parameters.name}) in {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emorig",
+        description="Edit the expression, pose and lighting of portrait photos with "
+        "DiffusionRig-EMO.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"emorig {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    assets = sub.add_parser("assets", help="find, check and convert licensed files")
+    asub = assets.add_subparsers(dest="assets_command", metavar="ACTION")
+    check = asub.add_parser(
+        "check",
+        help="list the official files emorig can use, which are present and valid, and where "
+        "to obtain the missing ones",
+    )
+    check.add_argument("--assets", metavar="DIR", help="asset folder (default: $EMORIG_HOME)")
+    check.set_defaults(func=cmd_assets_check)
+    conv = asub.add_parser(
+        "convert-flame",
+        help="convert a FLAME .pkl (2020, 2023, 2023 Open; chumpy inside) to a clean .npz once",
+    )
+    conv.add_argument("input", metavar="IN", help="generic_model.pkl, flame2023*.pkl, ...")
+    conv.add_argument("output", metavar="OUT", help="the .npz to write")
+    conv.set_defaults(func=cmd_assets_convert_flame)
+
+    render = sub.add_parser(
+        "render",
+        help="render a head in several expressions and poses to PNG buffers and a contact sheet",
+        description="Render DiffusionRig's condition buffers (Lambertian render, normals, "
+        "albedo), DECA's grey shape image and the 68 landmarks for a set of faces.",
+        epilog="Face specs join terms with '+': an expression component by name (built-in head: "
+        "smile, frown, brow_raise, blink, lip_pucker, mouth_stretch, sad, nose_wrinkle, "
+        "lip_press, eye_widen, cheek_puff, smirk_left, smirk_right, blink_left, blink_right, "
+        "lower_lip_down, upper_lip_raise, mouth_shift, inner_brow_raise) or expN, shapeN, "
+        "albedoN with an optional =VALUE, and jaw/yaw/pitch/roll/eyes=DEGREES. "
+        "Example: --face smile=0.8+jaw=10 --face 'sad+yaw=-20'",
+    )
+    render.add_argument(
+        "--head",
+        default="builtin",
+        choices=("builtin", "flame2020", "flame2023", "flame2023_open"),
+        help="the built-in synthetic head (default) or a FLAME release from --assets",
+    )
+    render.add_argument("--assets", metavar="DIR", help="asset folder (default: $EMORIG_HOME)")
+    render.add_argument(
+        "--albedo",
+        default="auto",
+        choices=("auto", "flame", "bfm", "none"),
+        help="albedo space for FLAME heads (auto: FLAME_texture.npz, else the BFM one, else "
+        "constant grey)",
+    )
+    render.add_argument(
+        "--face",
+        action="append",
+        metavar="SPEC",
+        help="a face to render (repeatable); default: a showcase of expressions and poses",
+    )
+    render.add_argument("--size", type=int, default=256, help="image size in pixels (256)")
+    render.add_argument(
+        "--buffers",
+        default="rendered,normal,albedo,shape,landmarks",
+        help="comma list from rendered, normal, albedo, shape, landmarks, mask, depth, uv",
+    )
+    render.add_argument(
+        "--camera",
+        default="7,0,0.005",
+        help="DECA orthographic camera s,tx,ty (default 7,0,0.005 frames the whole head)",
+    )
+    render.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    render.add_argument("--out", default="emorig-out/render", help="output folder")
+    render.set_defaults(func=cmd_render)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        target = {"assets": "assets"}.get(args.command or "")
+        parser.parse_args([target, "--help"] if target else ["--help"])
+        return 2
+    try:
+        return int(func(args) or 0)
+    except EmorigError as err:
+        print(f"emorig: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("emorig: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
