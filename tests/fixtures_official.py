@@ -43,8 +43,14 @@ class _FakeCh:
 
     def __getstate__(self) -> dict[str, Any]:
         # chumpy's Ch.__getstate__: __dict__ minus _parents and _cache.
-        return {"_dirty_vars": {"x"}, "_itr": None, "_make_dense": False,
-                "_make_sparse": False, "_depends_on_deps": {}, "x": self.x}
+        return {
+            "_dirty_vars": {"x"},
+            "_itr": None,
+            "_make_dense": False,
+            "_make_sparse": False,
+            "_depends_on_deps": {},
+            "x": self.x,
+        }
 
 
 _FakeCh.__module__ = "chumpy.ch"
@@ -95,8 +101,14 @@ def _fake_modules() -> Iterator[None]:
     multiarray._reconstruct = _fake_reconstruct  # type: ignore[attr-defined]
     names = ("chumpy", "chumpy.ch", "chumpy.reordering", "numpy.core.multiarray")
     saved = {n: sys.modules.get(n) for n in names}
-    sys.modules.update({"chumpy": chumpy, "chumpy.ch": chumpy_ch,
-                        "chumpy.reordering": reordering, "numpy.core.multiarray": multiarray})
+    sys.modules.update(
+        {
+            "chumpy": chumpy,
+            "chumpy.ch": chumpy_ch,
+            "chumpy.reordering": reordering,
+            "numpy.core.multiarray": multiarray,
+        }
+    )
     try:
         yield
     finally:
@@ -171,8 +183,9 @@ def to_python2_opcodes(data: bytes, renames: dict[str, str] | None = None) -> by
 # FLAME models.
 
 
-def flame_arrays(n_vertices: int = 10, n_faces: int = 16, seed: int = 0,
-                 n_components: int = N_SHAPE + N_EXPR) -> dict[str, Any]:
+def flame_arrays(
+    n_vertices: int = 10, n_faces: int = 16, seed: int = 0, n_components: int = N_SHAPE + N_EXPR
+) -> dict[str, Any]:
     """Random arrays with FLAME's layout: V vertices, F faces, 5 joints, 300 + 100 comps."""
     rng = np.random.default_rng(seed)
     weights = rng.random((n_vertices, N_JOINTS))
@@ -195,11 +208,15 @@ def flame_arrays(n_vertices: int = 10, n_faces: int = 16, seed: int = 0,
     }
 
 
-def write_flame2020_pkl(path: str | Path, n_vertices: int = 10, n_faces: int = 16,
-                        seed: int = 0, chumpy_keys: tuple[str, ...] = (
-                            "v_template", "shapedirs", "posedirs", "J"),
-                        extra: dict[str, Any] | None = None,
-                        protocol: int = 2) -> dict[str, Any]:
+def write_flame2020_pkl(
+    path: str | Path,
+    n_vertices: int = 10,
+    n_faces: int = 16,
+    seed: int = 0,
+    chumpy_keys: tuple[str, ...] = ("v_template", "shapedirs", "posedirs", "J"),
+    extra: dict[str, Any] | None = None,
+    protocol: int = 2,
+) -> dict[str, Any]:
     """A ``generic_model.pkl`` look-alike (see module docstring). Returns the dense arrays.
 
     ``J_regressor`` is a real ``scipy.sparse.csc_matrix``; keys in ``chumpy_keys`` are
@@ -209,23 +226,28 @@ def write_flame2020_pkl(path: str | Path, n_vertices: int = 10, n_faces: int = 1
     import scipy.sparse
 
     arrays = flame_arrays(n_vertices, n_faces, seed)
-    model: dict[str, Any] = {k: (_FakeCh(v) if k in chumpy_keys else v)
-                             for k, v in arrays.items()}
+    model: dict[str, Any] = {k: (_FakeCh(v) if k in chumpy_keys else v) for k, v in arrays.items()}
     model["J_regressor"] = scipy.sparse.csc_matrix(arrays["J_regressor"])
     model["bs_style"] = "lbs"
     model["bs_type"] = "lrotmin"
     model.update(extra or {})
-    data = to_python2_opcodes(legacy_dumps(model, protocol=protocol),
-                              renames={"scipy.sparse._csc": "scipy.sparse.csc"})
+    data = to_python2_opcodes(
+        legacy_dumps(model, protocol=protocol), renames={"scipy.sparse._csc": "scipy.sparse.csc"}
+    )
     Path(path).write_bytes(data)
     return arrays
 
 
-def write_flame2023_pkl(path: str | Path, n_vertices: int = 10, n_faces: int = 16,
-                        seed: int = 1, sparse_regressor: bool = False,
-                        n_components: int = N_SHAPE + N_EXPR,
-                        drop: tuple[str, ...] = (), replace: dict[str, Any] | None = None,
-                        ) -> dict[str, Any]:
+def write_flame2023_pkl(
+    path: str | Path,
+    n_vertices: int = 10,
+    n_faces: int = 16,
+    seed: int = 1,
+    sparse_regressor: bool = False,
+    n_components: int = N_SHAPE + N_EXPR,
+    drop: tuple[str, ...] = (),
+    replace: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """A FLAME 2023 look-alike: plain numpy arrays pickled by today's numpy (protocol 4).
 
     ``drop`` removes keys and ``replace`` overrides values, to build malformed files.
@@ -267,8 +289,9 @@ def landmark_arrays(n_faces: int = 16, seed: int = 2) -> dict[str, np.ndarray]:
     }
 
 
-def write_landmark_embedding_npy(path: str | Path, n_faces: int = 16,
-                                 seed: int = 2) -> dict[str, np.ndarray]:
+def write_landmark_embedding_npy(
+    path: str | Path, n_faces: int = 16, seed: int = 2
+) -> dict[str, np.ndarray]:
     """A ``landmark_embedding.npy`` look-alike: ``np.save`` of a dict in a 0-d object array.
 
     As in DECA's file, the two dynamic entries are torch tensors (LongTensor, FloatTensor),
@@ -286,15 +309,15 @@ def write_landmark_embedding_npy(path: str | Path, n_faces: int = 16,
     holder = np.empty((), dtype=object)
     holder[()] = content
     buf = io.BytesIO()
-    npy_format.write_array_header_1_0(buf, {"descr": "|O", "fortran_order": False,
-                                            "shape": ()})
+    npy_format.write_array_header_1_0(buf, {"descr": "|O", "fortran_order": False, "shape": ()})
     buf.write(legacy_dumps(holder, protocol=3))
     Path(path).write_bytes(buf.getvalue())
     return arrays
 
 
-def write_mediapipe_npz(path: str | Path, n_faces: int = 16, n_points: int = 105,
-                        seed: int = 3) -> dict[str, np.ndarray]:
+def write_mediapipe_npz(
+    path: str | Path, n_faces: int = 16, n_points: int = 105, seed: int = 3
+) -> dict[str, np.ndarray]:
     """A ``mediapipe_landmark_embedding.npz`` look-alike (keys of EMOCA v2's file)."""
     rng = np.random.default_rng(seed)
     b = rng.random((n_points, 3))
@@ -312,8 +335,9 @@ def write_mediapipe_npz(path: str | Path, n_faces: int = 16, n_points: int = 105
 # Albedo spaces.
 
 
-def write_flame_texture_npz(path: str | Path, size: int = 8, n_components: int = 6,
-                            seed: int = 4, compressed: bool = False) -> dict[str, np.ndarray]:
+def write_flame_texture_npz(
+    path: str | Path, size: int = 8, n_components: int = 6, seed: int = 4, compressed: bool = False
+) -> dict[str, np.ndarray]:
     """A ``FLAME_texture.npz`` look-alike: ``mean`` (S,S,3), ``tex_dir`` (S,S,3,K), 0..255
     (BGR as DECA reads it), float32."""
     rng = np.random.default_rng(seed)
@@ -326,8 +350,9 @@ def write_flame_texture_npz(path: str | Path, size: int = 8, n_components: int =
     return arrays
 
 
-def write_bfm_albedo_npz(path: str | Path, size: int = 8, n_components: int = 5,
-                         seed: int = 5) -> dict[str, np.ndarray]:
+def write_bfm_albedo_npz(
+    path: str | Path, size: int = 8, n_components: int = 5, seed: int = 5
+) -> dict[str, np.ndarray]:
     """A ``FLAME_albedo_from_BFM.npz`` look-alike: ``MU`` (1, S*S*3), ``PC`` (S*S*3, K) in
     [0, 1] (BGR), plus ``specMU``/``specPC``."""
     rng = np.random.default_rng(seed)
@@ -343,23 +368,29 @@ def write_bfm_albedo_npz(path: str | Path, size: int = 8, n_components: int = 5,
     return arrays
 
 
-def write_head_template_obj(path: str | Path, n_vertices: int = 6,
-                            seed: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                    np.ndarray]:
+def write_head_template_obj(
+    path: str | Path, n_vertices: int = 6, seed: int = 6
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A small OBJ in DECA's head_template layout (Blender header, mtllib, usemtl, s off,
     ``f v/vt``). Returns (vertices, faces, uv, uv_faces), 0-based."""
     rng = np.random.default_rng(seed)
     v = np.round(rng.normal(size=(n_vertices, 3)), 6)
-    faces = np.array([[i, (i + 1) % n_vertices, (i + 2) % n_vertices]
-                      for i in range(n_vertices)], dtype=np.int64)
+    faces = np.array(
+        [[i, (i + 1) % n_vertices, (i + 2) % n_vertices] for i in range(n_vertices)], dtype=np.int64
+    )
     uv = np.round(rng.random((n_vertices + 2, 2)), 6)
     uv_faces = (faces + np.arange(n_vertices)[:, None] % 3) % uv.shape[0]
-    lines = ["# Blender v2.80 (sub 75) OBJ File: 'tiny.blend'", "# www.blender.org",
-             "mtllib template.mtl"]
+    lines = [
+        "# Blender v2.80 (sub 75) OBJ File: 'tiny.blend'",
+        "# www.blender.org",
+        "mtllib template.mtl",
+    ]
     lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in v]
     lines += [f"vt {a:.6f} {b:.6f}" for a, b in uv]
     lines += ["usemtl material_1", "s off"]
-    lines += ["f " + " ".join(f"{a + 1}/{t + 1}" for a, t in zip(fr, tr, strict=True))
-              for fr, tr in zip(faces, uv_faces, strict=True)]
+    lines += [
+        "f " + " ".join(f"{a + 1}/{t + 1}" for a, t in zip(fr, tr, strict=True))
+        for fr, tr in zip(faces, uv_faces, strict=True)
+    ]
     Path(path).write_text("\n".join(lines) + "\n")
     return v, faces, uv, uv_faces

@@ -46,10 +46,20 @@ def test_registry_entries():
         assert spec.required_for
         with pytest.raises(dataclasses.FrozenInstanceError):
             spec.key = "x"  # type: ignore[misc]
-    expected = {"generic_model.pkl", "flame2023.pkl", "flame2023_no_jaw.pkl",
-                "flame2023_Open.pkl", "landmark_embedding.npy",
-                "mediapipe_landmark_embedding.npz", "head_template.obj", "FLAME_texture.npz",
-                "FLAME_albedo_from_BFM.npz", "deca_model.tar", "model*.pt", "cfg.yaml"}
+    expected = {
+        "generic_model.pkl",
+        "flame2023.pkl",
+        "flame2023_no_jaw.pkl",
+        "flame2023_Open.pkl",
+        "landmark_embedding.npy",
+        "mediapipe_landmark_embedding.npz",
+        "head_template.obj",
+        "FLAME_texture.npz",
+        "FLAME_albedo_from_BFM.npz",
+        "deca_model.tar",
+        "model*.pt",
+        "cfg.yaml",
+    }
     assert expected == {name for spec in ASSETS for name in spec.filenames}
     assert asset_spec("flame2023_open").terms == "CC BY 4.0"
     with pytest.raises(KeyError, match="unknown asset"):
@@ -214,7 +224,8 @@ def test_check_assets_flags_wrong_keys(tmp_path):
     write_dir = tmp_path / "x"
     write_dir.mkdir()
     (write_dir / "generic_model.pkl").write_bytes(
-        b"\x80\x02}q\x00X\x01\x00\x00\x00fK\x01s.")  # a dict with only key 'f'
+        b"\x80\x02}q\x00X\x01\x00\x00\x00fK\x01s."
+    )  # a dict with only key 'f'
     by_key = {s.key: s for s in check_assets(tmp_path)}
     assert not by_key["flame_texture"].ok
     assert "tex_dir" in by_key["flame_texture"].message

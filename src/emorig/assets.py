@@ -39,6 +39,7 @@ ENV_VAR = "EMORIG_HOME"
 MAX_DEPTH = 4  # folder levels below the asset home that are searched
 NO_HOME = f"no asset folder given: pass --assets DIR or set {ENV_VAR}"
 
+
 def _flame_site(item: str) -> str:
     return f"https://flame.is.tue.mpg.de (register, then download '{item}')"
 
@@ -347,8 +348,9 @@ def find_asset(key: str, home: str | os.PathLike[str] | None) -> Path:
         raise AssetError(spec.display_name, NO_HOME)
     home = Path(home)
     if not home.is_dir():
-        raise AssetError(str(home), f"asset folder does not exist (looking for "
-                         f"{spec.expected})", spec.obtain)
+        raise AssetError(
+            str(home), f"asset folder does not exist (looking for {spec.expected})", spec.obtain
+        )
     found = _match(spec, _walk(home))
     if found is None:
         raise AssetError(spec.display_name, _missing_message(spec, home))
@@ -381,8 +383,9 @@ def _check_texture(path: Path) -> str:
         raise AssetError(str(path), f"missing keys {missing} (has {sorted(shapes)})")
     mean, tex = shapes["mean"], shapes["tex_dir"]
     if len(mean) != 3 or mean[2] != 3 or len(tex) != 4 or tex[:3] != mean:
-        raise AssetError(str(path), f"'mean' {mean} and 'tex_dir' {tex} are not (H,W,3) and "
-                         "(H,W,3,K)")
+        raise AssetError(
+            str(path), f"'mean' {mean} and 'tex_dir' {tex} are not (H,W,3) and (H,W,3,K)"
+        )
     return f"texture space {mean[0]}x{mean[1]}, {tex[3]} components"
 
 
@@ -399,8 +402,9 @@ def _check_bfm(path: Path) -> str:
     for d in pc[:-1]:
         n_pc *= d
     if n_mu % 3 or not pc or n_pc != n_mu:
-        raise AssetError(str(path), f"'MU' {shapes['MU']} and 'PC' {pc} do not describe the "
-                         "same (H*W*3) albedo")
+        raise AssetError(
+            str(path), f"'MU' {shapes['MU']} and 'PC' {pc} do not describe the same (H*W*3) albedo"
+        )
     return f"BFM albedo, {pc[-1]} components"
 
 
@@ -434,8 +438,10 @@ def _check_flame(path: Path) -> str:
 
     summary = scan_pickle(path)
     if summary.forbidden:
-        raise AssetError(str(path), f"refused: the pickle references {', '.join(summary.forbidden)}"
-                         " (not a data type)")
+        raise AssetError(
+            str(path),
+            f"refused: the pickle references {', '.join(summary.forbidden)} (not a data type)",
+        )
     missing = [k for k in FLAME_KEYS if k not in summary.strings]
     if missing:
         raise AssetError(str(path), f"is not a FLAME model: missing keys {missing}")
@@ -495,8 +501,11 @@ def check_assets(home: str | os.PathLike[str] | None) -> list[AssetStatus]:
             continue
         found = _match(spec, files)
         if found is None:
-            statuses.append(AssetStatus(spec.key, None, False,
-                                        f"{spec.display_name}: {_missing_message(spec, root)}"))
+            statuses.append(
+                AssetStatus(
+                    spec.key, None, False, f"{spec.display_name}: {_missing_message(spec, root)}"
+                )
+            )
             continue
         check = _CHECKS.get(spec.key, _present)
         try:
@@ -506,9 +515,14 @@ def check_assets(home: str | os.PathLike[str] | None) -> list[AssetStatus]:
             statuses.append(AssetStatus(spec.key, found, False, message))
             continue
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-            statuses.append(AssetStatus(spec.key, found, False,
-                                        f"{found}: unreadable ({err}); obtain it again from "
-                                        f"{spec.obtain}"))
+            statuses.append(
+                AssetStatus(
+                    spec.key,
+                    found,
+                    False,
+                    f"{found}: unreadable ({err}); obtain it again from {spec.obtain}",
+                )
+            )
             continue
         statuses.append(AssetStatus(spec.key, found, True, f"{found}: {detail}"))
     return statuses

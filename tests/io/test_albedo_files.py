@@ -60,8 +60,10 @@ def test_small_chunks_give_the_same_result(tmp_path, monkeypatch):
 @pytest.mark.parametrize("k", [2, 6])
 def test_fortran_ordered_members(tmp_path, k):
     rng = np.random.default_rng(0)
-    arrays = {"mean": np.asfortranarray(rng.random((4, 4, 3)).astype(np.float32) * 255),
-              "tex_dir": np.asfortranarray(rng.random((4, 4, 3, 6)).astype(np.float32))}
+    arrays = {
+        "mean": np.asfortranarray(rng.random((4, 4, 3)).astype(np.float32) * 255),
+        "tex_dir": np.asfortranarray(rng.random((4, 4, 3, 6)).astype(np.float32)),
+    }
     path = tmp_path / "FLAME_texture.npz"
     np.savez(path, **arrays)
     with np.load(path) as npz:
@@ -88,17 +90,20 @@ def test_bfm_albedo(tmp_path, k):
 
 def test_builtin_npz_round_trip(tmp_path):
     rng = np.random.default_rng(1)
-    albedo = AlbedoSpaceData(mean=rng.random((4, 6, 3)).astype(np.float32),
-                             basis=rng.normal(size=(4, 6, 3, 5)).astype(np.float32),
-                             kind="builtin")
+    albedo = AlbedoSpaceData(
+        mean=rng.random((4, 6, 3)).astype(np.float32),
+        basis=rng.normal(size=(4, 6, 3, 5)).astype(np.float32),
+        kind="builtin",
+    )
     path = tmp_path / "albedo.npz"
     write_albedo_npz(albedo, path)
     back = read_albedo_space(path)
     assert back.kind == "builtin"
     np.testing.assert_array_equal(back.mean, albedo.mean)
     np.testing.assert_array_equal(back.basis, albedo.basis)
-    np.testing.assert_array_equal(read_albedo_space(path, n_components=2).basis,
-                                  albedo.basis[..., :2])
+    np.testing.assert_array_equal(
+        read_albedo_space(path, n_components=2).basis, albedo.basis[..., :2]
+    )
 
 
 def test_too_many_components(tmp_path):
@@ -131,8 +136,9 @@ def test_truncated_member(tmp_path):
     from numpy.lib import format as npy_format
 
     buf = io.BytesIO()
-    npy_format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False,
-                                            "shape": (4, 4, 3, 2)})
+    npy_format.write_array_header_1_0(
+        buf, {"descr": "<f4", "fortran_order": False, "shape": (4, 4, 3, 2)}
+    )
     buf.write(np.zeros(10, np.float32).tobytes())  # far fewer than 96 values
     path = tmp_path / "FLAME_texture.npz"
     with zipfile.ZipFile(path, "w") as zf:

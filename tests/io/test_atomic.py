@@ -21,6 +21,7 @@ def test_atomic_write_replaces_on_success(tmp_path):
 def test_atomic_write_keeps_old_file_on_error(tmp_path):
     path = tmp_path / "a.bin"
     path.write_bytes(b"old")
+
     def write_then_fail() -> None:
         with atomic_write(path) as f:
             f.write(b"partial")

@@ -39,10 +39,10 @@ def _assert_flame_matches(flame: FlameData, arrays: dict, dtype=np.float32) -> N
     assert flame.parents.dtype == np.int64
     np.testing.assert_array_equal(flame.faces, arrays["f"].astype(np.int64))
     np.testing.assert_array_equal(flame.v_template, arrays["v_template"].astype(dtype))
-    np.testing.assert_array_equal(flame.shapedirs,
-                                  arrays["shapedirs"][:, :, :N_SHAPE].astype(dtype))
-    np.testing.assert_array_equal(flame.exprdirs,
-                                  arrays["shapedirs"][:, :, N_SHAPE:].astype(dtype))
+    np.testing.assert_array_equal(
+        flame.shapedirs, arrays["shapedirs"][:, :, :N_SHAPE].astype(dtype)
+    )
+    np.testing.assert_array_equal(flame.exprdirs, arrays["shapedirs"][:, :, N_SHAPE:].astype(dtype))
     np.testing.assert_array_equal(flame.posedirs, arrays["posedirs"].astype(dtype))
     np.testing.assert_array_equal(flame.j_regressor, arrays["J_regressor"].astype(dtype))
     np.testing.assert_array_equal(flame.weights, arrays["weights"].astype(dtype))
@@ -83,15 +83,19 @@ def test_flame2020_float64_is_exact(tmp_path):
     flame = read_flame(path, dtype=np.float64)
     _assert_flame_matches(flame, arrays, dtype=np.float64)
     np.testing.assert_array_equal(
-        flame.j_regressor, scipy.sparse.csc_matrix(arrays["J_regressor"]).toarray())
+        flame.j_regressor, scipy.sparse.csc_matrix(arrays["J_regressor"]).toarray()
+    )
 
 
-@pytest.mark.parametrize(("filename", "name"), [
-    ("flame2023.pkl", "FLAME 2023"),
-    ("flame2023_no_jaw.pkl", "FLAME 2023"),
-    ("flame2023_Open.pkl", "FLAME 2023 Open"),
-    ("my_head.pkl", "my_head"),
-])
+@pytest.mark.parametrize(
+    ("filename", "name"),
+    [
+        ("flame2023.pkl", "FLAME 2023"),
+        ("flame2023_no_jaw.pkl", "FLAME 2023"),
+        ("flame2023_Open.pkl", "FLAME 2023 Open"),
+        ("my_head.pkl", "my_head"),
+    ],
+)
 def test_flame2023_plain_arrays(tmp_path, filename, name):
     path = tmp_path / filename
     arrays = write_flame2023_pkl(path)
@@ -187,8 +191,7 @@ def test_truncated_pickle(tmp_path):
 
 def test_forbidden_global_in_model(tmp_path):
     path = tmp_path / "generic_model.pkl"
-    path.write_bytes(b"\x80\x02}q\x00X\x01\x00\x00\x00fcos\nsystem\nX\x04\x00\x00\x00true"
-                     b"\x85Rs.")
+    path.write_bytes(b"\x80\x02}q\x00X\x01\x00\x00\x00fcos\nsystem\nX\x04\x00\x00\x00true\x85Rs.")
     with pytest.raises(AssetError, match=r"refused.*os\.system"):
         read_flame(path)
 
@@ -206,8 +209,16 @@ def test_convert_round_trip(tmp_path):
     again = read_flame(npz)
     assert again.name == original.name
     assert again.synthetic == original.synthetic
-    for field in ("v_template", "faces", "shapedirs", "exprdirs", "posedirs", "j_regressor",
-                  "weights", "parents"):
+    for field in (
+        "v_template",
+        "faces",
+        "shapedirs",
+        "exprdirs",
+        "posedirs",
+        "j_regressor",
+        "weights",
+        "parents",
+    ):
         a, b = getattr(original, field), getattr(again, field)
         assert a.dtype == b.dtype, field
         np.testing.assert_array_equal(a, b)
@@ -250,8 +261,9 @@ def test_landmark_embedding_fixture(tmp_path):
     assert emb.full_bary.shape == (68, 3)
     np.testing.assert_array_equal(emb.dynamic_faces, arrays["dynamic_lmk_faces_idx"])
     np.testing.assert_array_equal(emb.full_faces, arrays["full_lmk_faces_idx"][0])
-    np.testing.assert_array_equal(emb.static_bary,
-                                  arrays["static_lmk_bary_coords"].astype(np.float32))
+    np.testing.assert_array_equal(
+        emb.static_bary, arrays["static_lmk_bary_coords"].astype(np.float32)
+    )
 
     exact = read_landmark_embedding(path, dtype=None)
     assert exact.static_bary.dtype == np.float64
@@ -266,8 +278,14 @@ def test_landmark_embedding_npz_round_trip(tmp_path):
     emb = read_landmark_embedding(src, dtype=None)
     write_landmark_embedding_npz(emb, tmp_path / "lmk.npz")
     back = read_landmark_embedding(tmp_path / "lmk.npz", dtype=None)
-    for field in ("static_faces", "static_bary", "dynamic_faces", "dynamic_bary",
-                  "full_faces", "full_bary"):
+    for field in (
+        "static_faces",
+        "static_bary",
+        "dynamic_faces",
+        "dynamic_bary",
+        "full_faces",
+        "full_bary",
+    ):
         np.testing.assert_array_equal(getattr(emb, field), getattr(back, field))
         assert getattr(emb, field).dtype == getattr(back, field).dtype
 
@@ -284,8 +302,9 @@ def test_landmark_missing_key_and_wrong_shape(tmp_path):
 
     arrays = landmark_arrays()
     path = tmp_path / "landmark_embedding.npy"
-    np.save(path, {k: v for k, v in arrays.items() if k != "static_lmk_faces_idx"},
-            allow_pickle=True)
+    np.save(
+        path, {k: v for k, v in arrays.items() if k != "static_lmk_faces_idx"}, allow_pickle=True
+    )
     with pytest.raises(AssetError, match=r"missing keys \['static_lmk_faces_idx'\]") as err:
         read_landmark_embedding(path)
     assert "DECA" in str(err.value)
@@ -353,8 +372,12 @@ def test_mediapipe_missing_key_and_shape(tmp_path):
     with pytest.raises(AssetError, match=r"missing keys \['landmark_indices'\]") as err:
         read_mediapipe_embedding(path)
     assert "Mediapipe" in str(err.value)
-    np.savez(path, lmk_face_idx=np.zeros(105, dtype=np.int64), lmk_b_coords=np.zeros((105, 2)),
-             landmark_indices=np.zeros(105, dtype=np.int64))
+    np.savez(
+        path,
+        lmk_face_idx=np.zeros(105, dtype=np.int64),
+        lmk_b_coords=np.zeros((105, 2)),
+        landmark_indices=np.zeros(105, dtype=np.int64),
+    )
     with pytest.raises(AssetError, match=r"'lmk_b_coords' has shape \(105, 2\)"):
         read_mediapipe_embedding(path)
 

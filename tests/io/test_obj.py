@@ -81,16 +81,19 @@ def test_mixed_uv_faces_refused(tmp_path):
         read_obj(_write(tmp_path, text))
 
 
-@pytest.mark.parametrize(("text", "pattern"), [
-    ("v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 4\n", "faces index vertex 4 but the file has 3"),
-    ("v 0 0 0\nf 1 -2 1\n", "line 2: vertex index -2 outside"),
-    ("v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 0\n", "line 4: vertex index 0"),
-    ("v 0 0\n", "line 1: malformed 'v' statement"),
-    ("v 0 0 x\n", "line 1: malformed 'v' statement"),
-    ("v 0 0 0\nv 1 0 0\nf 1 2\n", "line 3: malformed 'f'"),
-    ("v 0 0 0\nf a b c\n", "line 2: vertex index 'a' is not an integer"),
-    ("# just a comment\n", "holds no vertices"),
-])
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ("v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 4\n", "faces index vertex 4 but the file has 3"),
+        ("v 0 0 0\nf 1 -2 1\n", "line 2: vertex index -2 outside"),
+        ("v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 0\n", "line 4: vertex index 0"),
+        ("v 0 0\n", "line 1: malformed 'v' statement"),
+        ("v 0 0 x\n", "line 1: malformed 'v' statement"),
+        ("v 0 0 0\nv 1 0 0\nf 1 2\n", "line 3: malformed 'f'"),
+        ("v 0 0 0\nf a b c\n", "line 2: vertex index 'a' is not an integer"),
+        ("# just a comment\n", "holds no vertices"),
+    ],
+)
 def test_malformed(tmp_path, text, pattern):
     path = _write(tmp_path, text, "broken.obj")
     with pytest.raises(AssetError, match=pattern) as err:
@@ -122,14 +125,20 @@ def test_uv_layout_of_flame_sized_mesh_needs_flame_faces(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize(("with_uv", "with_normals"), [(False, False), (True, False),
-                                                       (False, True), (True, True)])
+@pytest.mark.parametrize(
+    ("with_uv", "with_normals"), [(False, False), (True, False), (False, True), (True, True)]
+)
 def test_write_read_round_trip(tmp_path, dtype, with_uv, with_normals):
     rng = np.random.default_rng(1)
     v = rng.normal(size=(7, 3)).astype(dtype)
     f = rng.integers(0, 7, size=(9, 3))
-    layout = UVLayout(uv=rng.random((11, 2)).astype(np.float32),
-                      uv_faces=rng.integers(0, 11, size=(9, 3))) if with_uv else None
+    layout = (
+        UVLayout(
+            uv=rng.random((11, 2)).astype(np.float32), uv_faces=rng.integers(0, 11, size=(9, 3))
+        )
+        if with_uv
+        else None
+    )
     normals = rng.normal(size=(7, 3)).astype(np.float32) if with_normals else None
     path = tmp_path / "out.obj"
     write_obj(path, v, f, uv=layout, normals=normals)
@@ -146,8 +155,13 @@ def test_write_read_round_trip(tmp_path, dtype, with_uv, with_normals):
     else:
         assert uv2 is None
     if dtype == np.float64:  # 17 significant digits: the text holds the exact doubles
-        parsed = np.array([[float(x) for x in line.split()[1:]] for line in text.splitlines()
-                           if line.startswith("v ")])
+        parsed = np.array(
+            [
+                [float(x) for x in line.split()[1:]]
+                for line in text.splitlines()
+                if line.startswith("v ")
+            ]
+        )
         np.testing.assert_array_equal(parsed, v)
 
 
@@ -190,10 +204,14 @@ def test_real_head_template_counts(real_template):
 def test_real_head_template_matches_its_text(real_template):
     """Byte-level check against an independent parse of the lines."""
     lines = real_template.read_bytes().decode("ascii").splitlines()
-    v_ref = np.array([[float(x) for x in ln.split()[1:4]] for ln in lines
-                      if ln.startswith("v ")], dtype=np.float32)
-    vt_ref = np.array([[float(x) for x in ln.split()[1:3]] for ln in lines
-                       if ln.startswith("vt ")], dtype=np.float32)
+    v_ref = np.array(
+        [[float(x) for x in ln.split()[1:4]] for ln in lines if ln.startswith("v ")],
+        dtype=np.float32,
+    )
+    vt_ref = np.array(
+        [[float(x) for x in ln.split()[1:3]] for ln in lines if ln.startswith("vt ")],
+        dtype=np.float32,
+    )
     corners = [[c.split("/") for c in ln.split()[1:]] for ln in lines if ln.startswith("f ")]
     assert all(len(face) == 3 for face in corners)  # the template is all triangles
     f_ref = np.array([[int(c[0]) - 1 for c in face] for face in corners])

@@ -73,7 +73,7 @@ def test_numpy_core_legacy_path_and_python2_strings():
     assert "numpy.core.multiarray _reconstruct" in _globals(data)
     ops = {op.name for op, _, _ in pickletools.genops(data)}
     assert "BINUNICODE" not in ops
-    assert ("BINSTRING" in ops or "SHORT_BINSTRING" in ops)
+    assert "BINSTRING" in ops or "SHORT_BINSTRING" in ops
     out = load_pickle(data)
     np.testing.assert_array_equal(out["a"], arr)
 
@@ -114,8 +114,9 @@ def _sparse_cases():
     yield "coo_duplicates", dup, dup.toarray()
 
 
-@pytest.mark.parametrize(("name", "matrix", "dense"), list(_sparse_cases()),
-                         ids=[c[0] for c in _sparse_cases()])
+@pytest.mark.parametrize(
+    ("name", "matrix", "dense"), list(_sparse_cases()), ids=[c[0] for c in _sparse_cases()]
+)
 @pytest.mark.parametrize("protocol", [2, 4])
 def test_scipy_sparse_densified_without_scipy(name, matrix, dense, protocol):
     data = pickle.dumps({"J_regressor": matrix}, protocol=protocol)
@@ -127,8 +128,9 @@ def test_scipy_sparse_densified_without_scipy(name, matrix, dense, protocol):
 
 def test_scipy_sparse_legacy_module_path_and_shape_key():
     matrix = scipy.sparse.csc_matrix(np.array([[0.0, 1.0], [2.0, 0.0], [0.0, 3.0]]))
-    data = to_python2_opcodes(legacy_dumps({"m": matrix}),
-                              renames={"scipy.sparse._csc": "scipy.sparse.csc"})
+    data = to_python2_opcodes(
+        legacy_dumps({"m": matrix}), renames={"scipy.sparse._csc": "scipy.sparse.csc"}
+    )
     assert "scipy.sparse.csc csc_matrix" in _globals(data)
     old = data.replace(b"U\x06_shape", b"U\x05shape")  # scipy < 0.14 kept `shape`
     assert old != data
@@ -137,9 +139,11 @@ def test_scipy_sparse_legacy_module_path_and_shape_key():
 
 
 def test_torch_tensors_rebuilt_and_converted():
-    tensors = {"long": torch.arange(12).reshape(3, 4),
-               "float": torch.rand(2, 3, 3),
-               "view": torch.arange(20.0).reshape(4, 5)[1:, ::2]}
+    tensors = {
+        "long": torch.arange(12).reshape(3, 4),
+        "float": torch.rand(2, 3, 3),
+        "view": torch.arange(20.0).reshape(4, 5)[1:, ::2],
+    }
     data = pickle.dumps(tensors, protocol=3)
     assert "torch.storage _load_from_bytes" in _globals(data)
     out = load_pickle(data)
@@ -178,9 +182,17 @@ def test_os_system_is_refused_and_not_run(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("ref", [b"builtins\neval", b"__builtin__\ngetattr",
-                                 b"subprocess\nPopen", b"numpy\nload",
-                                 b"scipy.sparse\nlil_matrix", b"torch\nload"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        b"builtins\neval",
+        b"__builtin__\ngetattr",
+        b"subprocess\nPopen",
+        b"numpy\nload",
+        b"scipy.sparse\nlil_matrix",
+        b"torch\nload",
+    ],
+)
 def test_other_globals_are_refused(ref):
     data = b"\x80\x02c" + ref + b"\n)R."
     module, name = ref.decode().split("\n")

@@ -45,17 +45,36 @@ __all__ = [
     "write_landmark_embedding_npz",
 ]
 
-FLAME_KEYS = ("f", "v_template", "shapedirs", "posedirs", "J_regressor", "weights",
-              "kintree_table")
-LANDMARK_KEYS = ("static_lmk_faces_idx", "static_lmk_bary_coords", "dynamic_lmk_faces_idx",
-                 "dynamic_lmk_bary_coords", "full_lmk_faces_idx", "full_lmk_bary_coords")
+FLAME_KEYS = ("f", "v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table")
+LANDMARK_KEYS = (
+    "static_lmk_faces_idx",
+    "static_lmk_bary_coords",
+    "dynamic_lmk_faces_idx",
+    "dynamic_lmk_bary_coords",
+    "full_lmk_faces_idx",
+    "full_lmk_bary_coords",
+)
 MEDIAPIPE_KEYS = ("lmk_face_idx", "lmk_b_coords", "landmark_indices")
 FLAME_NPZ_FORMAT = "emorig-flame/1"
 LANDMARKS_NPZ_FORMAT = "emorig-landmark-embedding/1"
-_FLAME_NPZ_KEYS = ("v_template", "faces", "shapedirs", "exprdirs", "posedirs", "j_regressor",
-                   "weights", "parents")
-_LMK_NPZ_KEYS = ("static_faces", "static_bary", "dynamic_faces", "dynamic_bary",
-                 "full_faces", "full_bary")
+_FLAME_NPZ_KEYS = (
+    "v_template",
+    "faces",
+    "shapedirs",
+    "exprdirs",
+    "posedirs",
+    "j_regressor",
+    "weights",
+    "parents",
+)
+_LMK_NPZ_KEYS = (
+    "static_faces",
+    "static_bary",
+    "dynamic_faces",
+    "dynamic_bary",
+    "full_faces",
+    "full_bary",
+)
 OFFICIAL_SPLIT = {400: 300}  # shapedirs components -> identity components (FLAME 2020/2023)
 _UINT32_MAX = 2**32 - 1
 
@@ -92,13 +111,18 @@ def _missing(mapping: Any, keys: tuple[str, ...]) -> list[str]:
 
 def _array(value: Any, key: str, source: str, obtain: str | None) -> np.ndarray:
     if isinstance(value, UnresolvedObject):
-        raise AssetError(source, f"'{key}' is a {value.origin} object that cannot be read "
-                         f"without chumpy ({value.reason})", obtain)
+        raise AssetError(
+            source,
+            f"'{key}' is a {value.origin} object that cannot be read "
+            f"without chumpy ({value.reason})",
+            obtain,
+        )
     try:
         arr = np.asarray(value)
     except Exception as err:
-        raise AssetError(source, f"'{key}' is not an array ({type(value).__name__}: "
-                         f"{err})", obtain) from None
+        raise AssetError(
+            source, f"'{key}' is not an array ({type(value).__name__}: {err})", obtain
+        ) from None
     if arr.dtype == object or arr.dtype.kind not in "biuf":
         raise AssetError(source, f"'{key}' holds {arr.dtype} values, expected numbers", obtain)
     return arr
@@ -115,8 +139,9 @@ def _index(arr: np.ndarray, key: str, source: str, obtain: str | None) -> np.nda
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
-def _shape_error(key: str, arr: np.ndarray, expected: str, source: str,
-                 obtain: str | None) -> AssetError:
+def _shape_error(
+    key: str, arr: np.ndarray, expected: str, source: str, obtain: str | None
+) -> AssetError:
     return AssetError(source, f"'{key}' has shape {arr.shape}, expected {expected}", obtain)
 
 
@@ -131,8 +156,9 @@ def _load_npz(path: Path, source: str, obtain: str | None) -> dict[str, np.ndarr
         raise AssetError(source, f"not a readable .npz file ({err})", obtain) from None
     except ValueError as err:
         if "allow_pickle" in str(err):
-            raise AssetError(source, "holds pickled objects, expected plain arrays",
-                             obtain) from None
+            raise AssetError(
+                source, "holds pickled objects, expected plain arrays", obtain
+            ) from None
         raise AssetError(source, f"not a readable .npz file ({err})", obtain) from None
     except OSError as err:
         raise AssetError(source, f"cannot be read ({err})", obtain) from None
@@ -162,35 +188,43 @@ def _parents_from_kintree(kintree: np.ndarray, source: str, obtain: str | None) 
     table = kintree.astype(np.int64)
     column = {int(joint): col for col, joint in enumerate(table[1])}
     if len(column) != table.shape[1]:
-        raise AssetError(source, f"'kintree_table' repeats joint ids {table[1].tolist()}",
-                         obtain)
+        raise AssetError(source, f"'kintree_table' repeats joint ids {table[1].tolist()}", obtain)
     parents = np.array([column.get(int(p), -1) for p in table[0]], dtype=np.int64)
     if parents[0] != -1 and int(table[0, 0]) in (_UINT32_MAX, -1):
         parents[0] = -1
     return parents
 
 
-def _split_shapedirs(shapedirs: np.ndarray, n_shape: int | None, source: str,
-                     obtain: str | None) -> tuple[np.ndarray, np.ndarray]:
+def _split_shapedirs(
+    shapedirs: np.ndarray, n_shape: int | None, source: str, obtain: str | None
+) -> tuple[np.ndarray, np.ndarray]:
     total = shapedirs.shape[2]
     if n_shape is None:
         if total not in OFFICIAL_SPLIT:
-            raise AssetError(source, f"'shapedirs' has {total} components; the official "
-                             "FLAME files have 400 (300 identity + 100 expression), pass "
-                             "n_shape to split other files", obtain)
+            raise AssetError(
+                source,
+                f"'shapedirs' has {total} components; the official "
+                "FLAME files have 400 (300 identity + 100 expression), pass "
+                "n_shape to split other files",
+                obtain,
+            )
         n_shape = OFFICIAL_SPLIT[total]
     if not 0 < n_shape <= total:
         raise AssetError(source, f"n_shape={n_shape} is outside 1..{total}", obtain)
     return shapedirs[:, :, :n_shape], shapedirs[:, :, n_shape:]
 
 
-def _flame_from_pickle(path: Path, dtype: npt.DTypeLike | None, n_shape: int | None,
-                       obtain: str | None) -> FlameData:
+def _flame_from_pickle(
+    path: Path, dtype: npt.DTypeLike | None, n_shape: int | None, obtain: str | None
+) -> FlameData:
     source = str(path)
     model = load_pickle(path, obtain=obtain)
     if not isinstance(model, dict):
-        raise AssetError(source, f"is not a FLAME model (holds a {type(model).__name__}, "
-                         "expected a dict)", obtain)
+        raise AssetError(
+            source,
+            f"is not a FLAME model (holds a {type(model).__name__}, expected a dict)",
+            obtain,
+        )
     missing = _missing(model, FLAME_KEYS)
     if missing:
         raise AssetError(source, f"is not a FLAME model: missing keys {missing}", obtain)
@@ -233,8 +267,12 @@ def _flame_from_npz(path: Path, dtype: npt.DTypeLike | None, obtain: str | None)
     arrays = _load_npz(path, source, obtain)
     fmt = _format_of(arrays)
     if fmt != FLAME_NPZ_FORMAT:
-        raise AssetError(source, f"is not an emorig FLAME file (format {fmt!r}, expected "
-                         f"{FLAME_NPZ_FORMAT!r}; convert the official .pkl instead)", obtain)
+        raise AssetError(
+            source,
+            f"is not an emorig FLAME file (format {fmt!r}, expected "
+            f"{FLAME_NPZ_FORMAT!r}; convert the official .pkl instead)",
+            obtain,
+        )
     missing = _missing(arrays, _FLAME_NPZ_KEYS)
     if missing:
         raise AssetError(source, f"missing keys {missing}", obtain)
@@ -312,12 +350,14 @@ def write_flame_npz(flame: FlameData, path: str | os.PathLike[str]) -> None:
 # Landmark embeddings.
 
 
-def _embedding_from_official(data: dict[str, Any], source: str, obtain: str | None,
-                             dtype: npt.DTypeLike | None) -> LandmarkEmbedding:
+def _embedding_from_official(
+    data: dict[str, Any], source: str, obtain: str | None, dtype: npt.DTypeLike | None
+) -> LandmarkEmbedding:
     missing = _missing(data, LANDMARK_KEYS)
     if missing:
-        raise AssetError(source, f"is not DECA's landmark embedding: missing keys {missing}",
-                         obtain)
+        raise AssetError(
+            source, f"is not DECA's landmark embedding: missing keys {missing}", obtain
+        )
     a = {k: _array(data[k], k, source, obtain) for k in LANDMARK_KEYS}
     full_faces, full_bary = a["full_lmk_faces_idx"], a["full_lmk_bary_coords"]
     # DECA stores the fixed 68-point set with a leading batch axis: (1, 68) and (1, 68, 3).
@@ -328,8 +368,7 @@ def _embedding_from_official(data: dict[str, Any], source: str, obtain: str | No
     return LandmarkEmbedding(
         static_faces=_index(a["static_lmk_faces_idx"], "static_lmk_faces_idx", source, obtain),
         static_bary=_float(a["static_lmk_bary_coords"], dtype),
-        dynamic_faces=_index(a["dynamic_lmk_faces_idx"], "dynamic_lmk_faces_idx", source,
-                             obtain),
+        dynamic_faces=_index(a["dynamic_lmk_faces_idx"], "dynamic_lmk_faces_idx", source, obtain),
         dynamic_bary=_float(a["dynamic_lmk_bary_coords"], dtype),
         full_faces=_index(full_faces, "full_lmk_faces_idx", source, obtain),
         full_bary=_float(full_bary, dtype),
@@ -382,14 +421,19 @@ def read_landmark_embedding(
     else:
         data = load_npy_object(path, obtain=obtain)
         if not isinstance(data, dict):
-            raise AssetError(source, f"is not DECA's landmark embedding (holds a "
-                             f"{type(data).__name__}, expected a dict)", obtain)
+            raise AssetError(
+                source,
+                f"is not DECA's landmark embedding (holds a "
+                f"{type(data).__name__}, expected a dict)",
+                obtain,
+            )
         emb = _embedding_from_official(data, source, obtain, dtype)
     return emb.validate(source, n_faces=n_faces, obtain=obtain)
 
 
-def write_landmark_embedding_npz(embedding: LandmarkEmbedding,
-                                 path: str | os.PathLike[str]) -> None:
+def write_landmark_embedding_npz(
+    embedding: LandmarkEmbedding, path: str | os.PathLike[str]
+) -> None:
     """Save a :class:`LandmarkEmbedding` as a pickle-free ``.npz`` (atomically).
 
     Keys: ``format`` (``"emorig-landmark-embedding/1"``), ``static_faces`` (51,),
@@ -435,8 +479,9 @@ def read_mediapipe_embedding(
     arrays = _load_npz(path, source, obtain)
     missing = _missing(arrays, MEDIAPIPE_KEYS)
     if missing:
-        raise AssetError(source, f"is not a MediaPipe landmark embedding: missing keys "
-                         f"{missing}", obtain)
+        raise AssetError(
+            source, f"is not a MediaPipe landmark embedding: missing keys {missing}", obtain
+        )
     a = {k: _array(arrays[k], k, source, obtain) for k in MEDIAPIPE_KEYS}
     emb = MediapipeEmbedding(
         faces=_index(a["lmk_face_idx"], "lmk_face_idx", source, obtain),

@@ -31,13 +31,16 @@ def _resolve(token: str, count: int, what: str, source: str, lineno: int) -> int
     try:
         i = int(token)
     except ValueError:
-        raise AssetError(source, f"line {lineno}: {what} index {token!r} is not an integer"
-                         ) from None
+        raise AssetError(
+            source, f"line {lineno}: {what} index {token!r} is not an integer"
+        ) from None
     if i > 0:
         return i - 1
     if i == 0 or count + i < 0:
-        raise AssetError(source, f"line {lineno}: {what} index {i} outside the {count} "
-                         f"{what} entries defined so far")
+        raise AssetError(
+            source,
+            f"line {lineno}: {what} index {i} outside the {count} {what} entries defined so far",
+        )
     return count + i
 
 
@@ -92,12 +95,10 @@ def read_obj(
                 if len(parts) < 4:
                     raise ValueError("a face needs at least 3 corners")
                 corners = [c.split("/") for c in parts[1:]]
-                vids = [_resolve(c[0], len(vertices), "vertex", source, lineno)
-                        for c in corners]
+                vids = [_resolve(c[0], len(vertices), "vertex", source, lineno) for c in corners]
                 has_uv = [len(c) > 1 and c[1] != "" for c in corners]
                 if all(has_uv):
-                    tids = [_resolve(c[1], len(uvs), "texture", source, lineno)
-                            for c in corners]
+                    tids = [_resolve(c[1], len(uvs), "texture", source, lineno) for c in corners]
                     faces_with_uv += 1
                 elif not any(has_uv):
                     tids = None
@@ -110,26 +111,39 @@ def read_obj(
                         uv_faces.append((tids[0], tids[k], tids[k + 1]))
             # every other statement (vn, mtllib, usemtl, o, g, s, l, ...) is skipped
         except ValueError as err:
-            raise AssetError(source, f"line {lineno}: malformed '{key}' statement ({err})",
-                             obtain) from None
+            raise AssetError(
+                source, f"line {lineno}: malformed '{key}' statement ({err})", obtain
+            ) from None
     if not vertices:
         raise AssetError(source, "holds no vertices (not an OBJ mesh?)", obtain)
     if faces_with_uv and faces_without_uv:
-        raise AssetError(source, f"{faces_with_uv} faces have texture indices and "
-                         f"{faces_without_uv} do not", obtain)
+        raise AssetError(
+            source,
+            f"{faces_with_uv} faces have texture indices and {faces_without_uv} do not",
+            obtain,
+        )
     v = np.asarray(vertices, dtype=np.float32).reshape(-1, 3)
     f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
     if f.size and f.max() >= v.shape[0]:
-        raise AssetError(source, f"faces index vertex {int(f.max()) + 1} but the file has "
-                         f"{v.shape[0]} vertices", obtain)
+        raise AssetError(
+            source,
+            f"faces index vertex {int(f.max()) + 1} but the file has {v.shape[0]} vertices",
+            obtain,
+        )
     uv = None
     if faces_with_uv:
-        uv = UVLayout(uv=np.asarray(uvs, dtype=np.float32).reshape(-1, 2),
-                      uv_faces=np.asarray(uv_faces, dtype=np.int64).reshape(-1, 3))
+        uv = UVLayout(
+            uv=np.asarray(uvs, dtype=np.float32).reshape(-1, 2),
+            uv_faces=np.asarray(uv_faces, dtype=np.int64).reshape(-1, 3),
+        )
         if uv.uv_faces.max() >= uv.uv.shape[0]:
-            raise AssetError(source, f"faces index texture coordinate "
-                             f"{int(uv.uv_faces.max()) + 1} but the file has "
-                             f"{uv.uv.shape[0]}", obtain)
+            raise AssetError(
+                source,
+                f"faces index texture coordinate "
+                f"{int(uv.uv_faces.max()) + 1} but the file has "
+                f"{uv.uv.shape[0]}",
+                obtain,
+            )
     return v, f, uv
 
 
@@ -156,8 +170,12 @@ def read_uv_layout(path: str | os.PathLike[str]) -> UVLayout:
         raise AssetError(source, "has no texture coordinates (no 'vt' / 'f a/b' data)", obtain)
     n_faces = faces.shape[0]
     if vertices.shape[0] == FLAME_N_VERTICES and n_faces != FLAME_N_FACES:
-        raise AssetError(source, f"has FLAME's {FLAME_N_VERTICES} vertices but {n_faces} "
-                         f"faces, expected {FLAME_N_FACES}", obtain)
+        raise AssetError(
+            source,
+            f"has FLAME's {FLAME_N_VERTICES} vertices but {n_faces} "
+            f"faces, expected {FLAME_N_FACES}",
+            obtain,
+        )
     return uv.validate(source, n_faces=n_faces, obtain=obtain)
 
 

@@ -55,8 +55,15 @@ __all__ = [
 _MAX_DENSE = 1 << 30  # elements; a sparse matrix larger than this is refused, not densified
 _SPARSE_NAME = re.compile(r"^(csc|csr|coo)_(matrix|array)$")
 _LATIN1 = {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1"}
-_STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE",
-               "SHORT_BINUNICODE", "BINUNICODE8"}
+_STRING_OPS = {
+    "STRING",
+    "BINSTRING",
+    "SHORT_BINSTRING",
+    "UNICODE",
+    "BINUNICODE",
+    "SHORT_BINUNICODE",
+    "BINUNICODE8",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,8 +131,10 @@ class UnresolvedObject:
 def _latin1_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
     """``_codecs.encode`` as Python 3 uses it to pickle ``bytes`` at protocol 2, nothing more."""
     if not isinstance(obj, str) or encoding.lower() not in _LATIN1:
-        raise pickle.UnpicklingError(f"_codecs.encode is only accepted for latin-1 strings, "
-                                     f"not {type(obj).__name__} with encoding {encoding!r}")
+        raise pickle.UnpicklingError(
+            f"_codecs.encode is only accepted for latin-1 strings, "
+            f"not {type(obj).__name__} with encoding {encoding!r}"
+        )
     return obj.encode("latin-1", errors)
 
 
@@ -135,8 +144,10 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
     reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
     scalar = np.float64(0).__reduce__()[0]
     frombuffer = np.arange(2).__reduce_ex__(5)[0]
-    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray,
-                                         ("numpy", "dtype"): np.dtype}
+    table: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
     for core in ("numpy.core", "numpy._core"):
         table[(f"{core}.multiarray", "_reconstruct")] = reconstruct
         table[(f"{core}.multiarray", "scalar")] = scalar
@@ -157,20 +168,23 @@ def _torch_load_from_bytes(data: bytes) -> Any:
         warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
         storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
     if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
-        raise pickle.UnpicklingError(f"torch payload holds {type(storage).__name__}, "
-                                     "expected a storage")
+        raise pickle.UnpicklingError(
+            f"torch payload holds {type(storage).__name__}, expected a storage"
+        )
     return storage
 
 
 def _as_int_tuple(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    ):
         raise pickle.UnpicklingError(f"tensor {what} {value!r} is not a tuple of counts")
     return tuple(value)
 
 
-def _torch_rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any,
-                          *_ignored: Any) -> Any:
+def _torch_rebuild_tensor(
+    storage: Any, storage_offset: Any, size: Any, stride: Any, *_ignored: Any
+) -> Any:
     """Safe ``torch._utils._rebuild_tensor(_v2)``: a CPU tensor viewing ``storage``.
 
     ``requires_grad``, backward hooks and metadata (the v2 extras) are ignored; the size and
@@ -199,7 +213,8 @@ def _torch_rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: 
             last = storage_offset + sum((s - 1) * st for s, st in zip(size, stride, strict=True))
             if last >= n_items:
                 raise pickle.UnpicklingError(
-                    f"tensor of size {size} does not fit its storage of {n_items} items")
+                    f"tensor of size {size} does not fit its storage of {n_items} items"
+                )
         return torch.empty((0,), dtype=dtype).set_(untyped, storage_offset, size, stride)
 
 
@@ -250,7 +265,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
             self._source,
             f"refused to load: the pickle references {module}.{name}, which is not a data type "
             "this reader accepts (numpy, torch tensors, chumpy arrays, scipy.sparse "
-            "CSC/CSR/COO)", self._obtain)
+            "CSC/CSR/COO)",
+            self._obtain,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,8 +298,12 @@ def _sparse_to_dense(stub: _SparseStub) -> np.ndarray:
         indices = np.asarray(state["indices"]).reshape(-1).astype(np.int64)
         indptr = np.asarray(state["indptr"]).reshape(-1).astype(np.int64)
         n_major = cols if stub.layout == "csc" else rows
-        if indptr.shape[0] != n_major + 1 or indptr[0] != 0 or np.any(np.diff(indptr) < 0) \
-                or indptr[-1] > indices.shape[0]:
+        if (
+            indptr.shape[0] != n_major + 1
+            or indptr[0] != 0
+            or np.any(np.diff(indptr) < 0)
+            or indptr[-1] > indices.shape[0]
+        ):
             raise ValueError("inconsistent indptr")
         count = int(indptr[-1])
         major = np.repeat(np.arange(n_major), np.diff(indptr))
@@ -329,8 +350,9 @@ class _Resolver:
                 obj.__setstate__(self(obj.state))
                 return _sparse_to_dense(obj)
             except (KeyError, ValueError, TypeError) as err:
-                raise AssetError(self.source, f"unreadable {obj.origin} ({err})",
-                                 self.obtain) from None
+                raise AssetError(
+                    self.source, f"unreadable {obj.origin} ({err})", self.obtain
+                ) from None
         if isinstance(obj, dict):
             self.memo[id(obj)] = (obj, obj)
             for k in list(obj):
@@ -360,8 +382,9 @@ class _Resolver:
 # Public API.
 
 
-def _describe(source: str | os.PathLike[str] | bytes | bytearray | memoryview,
-              name: str | None) -> str:
+def _describe(
+    source: str | os.PathLike[str] | bytes | bytearray | memoryview, name: str | None
+) -> str:
     if name is not None:
         return name
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -499,12 +522,16 @@ def load_npy_object(
         try:
             return npy_format.read_array(stream, allow_pickle=False)
         except Exception as err:
-            raise AssetError(source, f"truncated or corrupt .npy file ({_short(err)})",
-                             obtain) from None
-    arr = load_pickle(data[stream.tell():], name=source, obtain=obtain, to_numpy=True)
+            raise AssetError(
+                source, f"truncated or corrupt .npy file ({_short(err)})", obtain
+            ) from None
+    arr = load_pickle(data[stream.tell() :], name=source, obtain=obtain, to_numpy=True)
     if not isinstance(arr, np.ndarray) or arr.shape != tuple(shape):
-        raise AssetError(source, f"npy payload is not the object array of shape {shape} its "
-                         "header announces", obtain)
+        raise AssetError(
+            source,
+            f"npy payload is not the object array of shape {shape} its header announces",
+            obtain,
+        )
     return arr[()] if arr.shape == () else arr
 
 
@@ -533,8 +560,7 @@ def scan_pickle(path: str | os.PathLike[str], *, obtain: str | None = None) -> P
         AssetError: missing file, or not a pickle (invalid or truncated opcode stream).
     """
     source = str(path)
-    probe = _RestrictedUnpickler(io.BytesIO(b""), encoding="latin1", source=source,
-                                 obtain=obtain)
+    probe = _RestrictedUnpickler(io.BytesIO(b""), encoding="latin1", source=source, obtain=obtain)
     found: list[str] = []
     forbidden: list[str] = []
     strings: set[str] = set()
