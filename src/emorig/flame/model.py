@@ -80,7 +80,9 @@ class FlameModel(nn.Module):
         # (V, 3, P) -> (P, 3 V): row-major vertex-then-axis, as the LBS product expects.
         buf("posedirs", flame.posedirs.reshape(v * 3, -1).T)
         buf("j_regressor", flame.j_regressor)
-        buf("weights", flame.weights)
+        # rows sum to one only to the file's precision; renormalise so the rest pose is exact
+        weights = np.asarray(flame.weights, dtype=np.float64)
+        buf("weights", weights / weights.sum(1, keepdims=True))
         buf("parents", flame.parents, torch.long)
 
         self.has_landmarks = assets.landmarks is not None

@@ -216,7 +216,7 @@ def _lip_field(ctx: _Context, upper_dir, lower_dir, sigma=(0.020, 0.008, 0.012),
     m = ctx.mouth_center
     up = _gauss(ctx.p, m + np.array([0, 0.005 + dy, 0]), sigma)[:, None] * np.asarray(upper_dir)
     lo = _gauss(ctx.p, m + np.array([0, -0.006 + dy, 0]), sigma)[:, None] * np.asarray(lower_dir)
-    return up * ctx.upper[:, None] + lo * ctx.lower[:, None]
+    return (up * ctx.upper[:, None] + lo * ctx.lower[:, None]) * ctx.face[:, None]
 
 
 def expression_basis(

@@ -68,11 +68,22 @@ def embed_point(mesh: HeadMesh, point: np.ndarray, allowed: np.ndarray) -> tuple
     return int(ids[k]), bary[k]
 
 
-def _surface_towards(target: np.ndarray, anatomy: Anatomy) -> np.ndarray:
-    """The skin point on the ray from the cast centre through ``target``."""
+def _surface_at(x: float, y: float, anatomy: Anatomy, z_guess: float = 0.09) -> np.ndarray:
+    """The frontal skin point with the given x and y (the first skin hit seen from the front),
+    found by re-aiming a ray from the cast centre until its hit has that x and y."""
     c = np.asarray(anatomy.cast_center)
-    d = target - c
-    return cast((d / np.linalg.norm(d))[None], anatomy)[0]
+    target = np.array([x, y, z_guess])
+    hit = target
+    for _ in range(12):
+        d = target - c
+        hit = cast((d / np.linalg.norm(d))[None], anatomy)[0]
+        err = np.array([x - hit[0], y - hit[1]])
+        if np.abs(err).max() < 1e-7:
+            break
+        # move the aim point by the error, scaled by how far the target is beyond the hit
+        gain = (target[2] - c[2]) / max(hit[2] - c[2], 1e-3)
+        target = target + np.array([err[0] * gain, err[1] * gain, 0.0])
+    return hit
 
 
 def _face_masks(mesh: HeadMesh, jaw: np.ndarray) -> dict[str, np.ndarray]:
@@ -92,21 +103,19 @@ def static_landmarks(mesh: HeadMesh, jaw: np.ndarray, openings: dict, anatomy: A
     brow_y = e[1] + np.array([0.011, 0.016, 0.018, 0.0175, 0.015])
     for side, order in ((-1, range(5)), (+1, reversed(range(5)))):
         for k in order:
-            pts.append(
-                (_surface_towards(np.array([side * brow_x[k], brow_y[k], 0.09]), anatomy), "skin")
-            )
+            pts.append((_surface_at(side * brow_x[k], brow_y[k], anatomy), "skin"))
     # nose bridge 27-30: nasion down to the tip (the most forward mid-line point)
     mid = np.flatnonzero(
         (np.abs(v[:, 0]) < 1e-6) & (mesh.part == PART_SKIN) & (v[:, 1] > -0.02) & (v[:, 1] < e[1])
     )
     tip = v[mid[np.argmax(v[mid, 2])]]
-    nasion = _surface_towards(np.array([0.0, e[1] + 0.002, 0.09]), anatomy)
+    nasion = _surface_at(0.0, e[1] + 0.002, anatomy)
     for t in np.linspace(0.0, 1.0, 4):
         q = nasion + t * (tip - nasion)
-        pts.append((_surface_towards(q + np.array([0, 0, 0.02]), anatomy), "skin"))
+        pts.append((_surface_at(0.0, q[1], anatomy), "skin"))
     # nostrils 31-35 along the nose base, subject's right to left
     for x, dy in ((-0.0135, 0.0), (-0.007, -0.002), (0.0, -0.003), (0.007, -0.002), (0.0135, 0.0)):
-        pts.append((_surface_towards(np.array([x, -0.0165 + dy, 0.10]), anatomy), "upper"))
+        pts.append((_surface_at(x, -0.0165 + dy, anatomy), "upper"))
     # eyes 36-41 (right: outer corner, upper x2, inner corner, lower x2), 42-47 (left)
     for side in (-1, +1):
         op = openings[side]
@@ -121,12 +130,10 @@ def static_landmarks(mesh: HeadMesh, jaw: np.ndarray, openings: dict, anatomy: A
         def lid(frac, which, x_out=x_out, x_in=x_in, xs=xs, up=up, lo=lo):
             x = x_out + frac * (x_in - x_out)
             y = np.interp(x, xs, up if which == "up" else lo)
-            return _surface_towards(
-                np.array([x, y + (0.0004 if which == "up" else -0.0004), 0.09]), anatomy
-            )
+            return _surface_at(x, y + (0.0004 if which == "up" else -0.0004), anatomy)
 
-        corner_out = _surface_towards(np.array([x_out, y_out, 0.09]), anatomy)
-        corner_in = _surface_towards(np.array([x_in, y_in, 0.09]), anatomy)
+        corner_out = _surface_at(x_out, y_out, anatomy)
+        corner_in = _surface_at(x_in, y_in, anatomy)
         if side < 0:  # 36 outer, 37 38 upper (outer->inner), 39 inner, 40 41 lower (inner->outer)
             seq = [
                 corner_out,
@@ -155,15 +162,9 @@ def static_landmarks(mesh: HeadMesh, jaw: np.ndarray, openings: dict, anatomy: A
     outer_up = [(-0.6, 0.0060), (-0.25, 0.0085), (0.0, 0.0075), (0.25, 0.0085), (0.6, 0.0060)]
     outer_lo = [(0.6, -0.0085), (0.25, -0.0110), (0.0, -0.0115), (-0.25, -0.0110), (-0.6, -0.0085)]
     pts.append((corner_r, "upper"))
-    pts.extend(
-        (_surface_towards(np.array([f * half, my + dy, 0.10]), anatomy), "upper")
-        for f, dy in outer_up
-    )
+    pts.extend((_surface_at(f * half, my + dy, anatomy), "upper") for f, dy in outer_up)
     pts.append((corner_l, "upper"))
-    pts.extend(
-        (_surface_towards(np.array([f * half, my + dy, 0.10]), anatomy), "lower")
-        for f, dy in outer_lo
-    )
+    pts.extend((_surface_at(f * half, my + dy, anatomy), "lower") for f, dy in outer_lo)
     slit = mesh.grid[ring]
     slit_x = slit[cols, 0]
 
