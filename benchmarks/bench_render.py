@@ -3,9 +3,9 @@
 Usage: ``python benchmarks/bench_render.py [--quick] [--device cpu|cuda]``
 
 The mesh is DECA's ``head_template.obj`` (FLAME topology with UVs) when
-``<repo parent>/shared/upstream-data/deca/head_template.obj`` exists, read in place with a tiny
-parser, otherwise a procedurally generated closed ellipsoid with the same vertex count. It is
-scaled so the head covers about half of the image, as a DECA crop does.
+``<repo parent>/shared/upstream-data/deca/head_template.obj`` exists, read in place with
+emorig's OBJ reader, otherwise a procedurally generated closed ellipsoid with the same vertex
+count. It is scaled so the head covers about half of the image, as a DECA crop does.
 
 Reported: milliseconds per image (median of timed runs after warm-up, default thread count)
 for ``rasterize`` alone and for the full ``MeshRenderer.forward`` buffer set, the process's
@@ -36,21 +36,16 @@ FLAME_VERTICES = 5023
 
 
 def read_obj(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Vertices, texture coordinates, faces and texture faces of a triangle OBJ (``f v/vt``)."""
-    v, vt, f, ft = [], [], [], []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        if parts[0] == "v":
-            v.append([float(x) for x in parts[1:4]])
-        elif parts[0] == "vt":
-            vt.append([float(x) for x in parts[1:3]])
-        elif parts[0] == "f":
-            corners = [p.split("/") for p in parts[1:4]]
-            f.append([int(c[0]) - 1 for c in corners])
-            ft.append([int(c[1]) - 1 for c in corners])
-    return torch.tensor(v), torch.tensor(vt), torch.tensor(f), torch.tensor(ft)
+    """Vertices, texture coordinates, faces and texture faces of an OBJ with UVs."""
+    from emorig.io.obj import read_obj as read
+
+    v, f, uv = read(path)
+    return (
+        torch.from_numpy(v),
+        torch.from_numpy(uv.uv),
+        torch.from_numpy(f),
+        torch.from_numpy(uv.uv_faces),
+    )
 
 
 def ellipsoid(n_vertices: int = FLAME_VERTICES):

@@ -216,16 +216,18 @@ def write_flame2020_pkl(
     chumpy_keys: tuple[str, ...] = ("v_template", "shapedirs", "posedirs", "J"),
     extra: dict[str, Any] | None = None,
     protocol: int = 2,
+    arrays: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A ``generic_model.pkl`` look-alike (see module docstring). Returns the dense arrays.
 
     ``J_regressor`` is a real ``scipy.sparse.csc_matrix``; keys in ``chumpy_keys`` are
     ``chumpy.ch.Ch`` objects; extra keys ``J``, ``weights_prior``, ``bs_style``, ``bs_type``.
     ``protocol`` 0 or 1 gives the text-era layout (objects via ``copy_reg._reconstructor``).
+    ``arrays`` (as :func:`flame_arrays` returns them) replaces the random content.
     """
     import scipy.sparse
 
-    arrays = flame_arrays(n_vertices, n_faces, seed)
+    arrays = flame_arrays(n_vertices, n_faces, seed) if arrays is None else arrays
     model: dict[str, Any] = {k: (_FakeCh(v) if k in chumpy_keys else v) for k, v in arrays.items()}
     model["J_regressor"] = scipy.sparse.csc_matrix(arrays["J_regressor"])
     model["bs_style"] = "lbs"
@@ -290,7 +292,7 @@ def landmark_arrays(n_faces: int = 16, seed: int = 2) -> dict[str, np.ndarray]:
 
 
 def write_landmark_embedding_npy(
-    path: str | Path, n_faces: int = 16, seed: int = 2
+    path: str | Path, n_faces: int = 16, seed: int = 2, arrays: dict[str, np.ndarray] | None = None
 ) -> dict[str, np.ndarray]:
     """A ``landmark_embedding.npy`` look-alike: ``np.save`` of a dict in a 0-d object array.
 
@@ -302,7 +304,7 @@ def write_landmark_embedding_npy(
     import torch
     from numpy.lib import format as npy_format
 
-    arrays = landmark_arrays(n_faces, seed)
+    arrays = landmark_arrays(n_faces, seed) if arrays is None else arrays
     content: dict[str, Any] = dict(arrays)
     content["dynamic_lmk_faces_idx"] = torch.from_numpy(arrays["dynamic_lmk_faces_idx"])
     content["dynamic_lmk_bary_coords"] = torch.from_numpy(arrays["dynamic_lmk_bary_coords"])

@@ -77,6 +77,13 @@ class FlameModel(nn.Module):
         buf("faces", flame.faces, torch.long)
         buf("shapedirs", flame.shapedirs[:, :, :n_shape])
         buf("exprdirs", flame.exprdirs[:, :, :n_expression])
+        # both bases side by side, so one product applies identity and expression
+        buf(
+            "blenddirs",
+            np.concatenate(
+                [flame.shapedirs[:, :, :n_shape], flame.exprdirs[:, :, :n_expression]], axis=2
+            ),
+        )
         # (V, 3, P) -> (P, 3 V): row-major vertex-then-axis, as the LBS product expects.
         buf("posedirs", flame.posedirs.reshape(v * 3, -1).T)
         buf("j_regressor", flame.j_regressor)
@@ -165,20 +172,23 @@ class FlameModel(nn.Module):
             ],
             dim=1,
         )
-        directions = torch.cat([self.shapedirs, self.exprdirs], dim=2)
+        directions = self.blenddirs
+        pose = pose.to(self.v_template.dtype)
+        rotations = axis_angle_to_matrix(pose)
         vertices, joints = lbs(
             coeffs.to(self.v_template.dtype),
-            pose.to(self.v_template.dtype),
+            pose,
             self.v_template,
             directions,
             self.posedirs,
             self.j_regressor,
             self.parents,
             self.weights,
+            rotations,
         )
         landmarks2d = landmarks3d = mediapipe = None
         if self.has_landmarks:
-            landmarks2d = self.contour_landmarks(vertices, pose)
+            landmarks2d = self.contour_landmarks(vertices, pose, rotations)
             landmarks3d = vertices_to_landmarks(
                 vertices, self.faces, self.full_faces, self.full_bary
             )
@@ -192,15 +202,20 @@ class FlameModel(nn.Module):
             out = out.map(lambda x: x + t)
         return out
 
-    def contour_landmarks(self, vertices: Tensor, pose: Tensor) -> Tensor:
+    def contour_landmarks(
+        self, vertices: Tensor, pose: Tensor, rotations: Tensor | None = None
+    ) -> Tensor:
         """DECA's 68 landmarks: 17 yaw-dependent contour points, then the 51 static ones.
 
         Args:
             vertices: (B, V, 3) posed vertices.
             pose: (B, 5, 3) axis-angle of every joint.
+            rotations: (B, 5, 3, 3) their matrices, if already computed.
         """
         b = vertices.shape[0]
-        rot = axis_angle_to_matrix(pose[:, list(_NECK_CHAIN)])  # (B, 2, 3, 3): neck, root
+        if rotations is None:
+            rotations = axis_angle_to_matrix(pose)
+        rot = rotations[:, list(_NECK_CHAIN)]  # (B, 2, 3, 3): neck, root
         chain = rot[:, 1] @ rot[:, 0]
         row = contour_lut_row(yaw_of_rotation(chain))
         faces = torch.cat([self.dynamic_faces[row], self.static_faces.expand(b, -1)], dim=1)
