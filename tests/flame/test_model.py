@@ -203,3 +203,19 @@ def test_real_embedding_contour_hugs_far_silhouette():
             side = torch.sign(lm[k, 0] - lm[8, 0])
             extreme = (vv[band, 0] * side).max() * side
             assert abs(float(lm[k, 0] - extreme)) < 0.004, (yaw, k)
+
+
+def test_mediapipe_landmarks_follow_the_embedding():
+    from emorig.flame.data import MediapipeEmbedding
+
+    flame = tiny_flame()
+    rng = np.random.default_rng(3)
+    bary = rng.random((7, 3))
+    bary /= bary.sum(1, keepdims=True)
+    emb = MediapipeEmbedding(rng.integers(0, flame.faces.shape[0], 7), bary, np.arange(7) * 10)
+    m = FlameModel(HeadAssets(flame, mediapipe=emb))
+    out = m(torch.randn(2, 3), torch.randn(2, 2), torch.zeros(2, 3), torch.zeros(2, 3))
+    expected = vertices_to_landmarks(out.vertices, m.faces, m.mediapipe_faces, m.mediapipe_bary)
+    assert out.mediapipe.shape == (2, 7, 3)
+    assert torch.allclose(out.mediapipe, expected)
+    assert out.landmarks2d is None

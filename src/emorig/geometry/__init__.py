@@ -16,7 +16,6 @@ from emorig.geometry.lbs import blend_shapes, lbs, rigid_transform_chain, vertic
 from emorig.geometry.mesh import face_normals, face_vertices, vertex_normals
 from emorig.geometry.rotations import (
     axis_angle_to_matrix,
-    euler_xyz_to_axis_angle,
     matrix_to_axis_angle,
 )
 
@@ -25,7 +24,6 @@ __all__ = [
     "axis_angle_to_matrix",
     "blend_shapes",
     "contour_lut_row",
-    "euler_xyz_to_axis_angle",
     "face_normals",
     "face_vertices",
     "lbs",

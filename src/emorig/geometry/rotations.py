@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -124,14 +122,3 @@ def yaw_pitch_roll_to_matrix(yaw: Tensor, pitch: Tensor, roll: Tensor) -> Tensor
         return axis_angle_to_matrix(v)
 
     return about(1, yaw) @ about(0, pitch) @ about(2, roll)
-
-
-def euler_xyz_to_axis_angle(angles: Tensor) -> Tensor:
-    """(..., 3) angles ``(pitch, yaw, roll)`` in radians -> axis-angle of
-    :func:`yaw_pitch_roll_to_matrix`."""
-    pitch, yaw, roll = angles.unbind(-1)
-    return matrix_to_axis_angle(yaw_pitch_roll_to_matrix(yaw, pitch, roll))
-
-
-def degrees(x: float) -> float:
-    return x * math.pi / 180.0

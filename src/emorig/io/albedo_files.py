@@ -25,7 +25,7 @@ from typing import IO, Any
 import numpy as np
 
 from emorig.assets import obtain_text
-from emorig.errors import AssetError
+from emorig.errors import AssetError, reading
 from emorig.flame.data import AlbedoSpaceData
 from emorig.io.atomic import save_npz_atomic
 from emorig.io.pickles import read_npy_header
@@ -120,14 +120,11 @@ def _bgr_to_rgb(arr: np.ndarray) -> np.ndarray:
 
 
 def _open(path: Path, source: str, obtain: str | None) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(path)
-    except FileNotFoundError:
-        raise AssetError(source, "not found", obtain) from None
-    except IsADirectoryError:
-        raise AssetError(source, "is a folder, expected a file", obtain) from None
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise AssetError(source, f"not a readable .npz file ({err})", obtain) from None
+    with reading(source, obtain):
+        try:
+            return zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, EOFError) as err:
+            raise AssetError(source, f"not a readable .npz file ({err})", obtain) from None
 
 
 def _keys(zf: zipfile.ZipFile) -> set[str]:

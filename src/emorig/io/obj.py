@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from emorig.assets import obtain_text
-from emorig.errors import AssetError
+from emorig.errors import AssetError, reading
 from emorig.flame.data import UVLayout
 from emorig.io.atomic import atomic_write
 
@@ -65,12 +65,8 @@ def read_obj(
     path = Path(path)
     source = str(path)
     obtain = obtain_text(path)
-    try:
+    with reading(source, obtain):
         text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise AssetError(source, "not found", obtain) from None
-    except OSError as err:
-        raise AssetError(source, f"cannot be read ({err})", obtain) from None
 
     vertices: list[tuple[float, float, float]] = []
     uvs: list[tuple[float, float]] = []

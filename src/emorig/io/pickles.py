@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from emorig.errors import AssetError
+from emorig.errors import AssetError, reading, short_reason
 
 __all__ = [
     "PickleSummary",
@@ -421,15 +421,8 @@ def load_pickle(
     source = _describe(path_or_bytes, name)
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         return _unpickle(io.BytesIO(bytes(path_or_bytes)), encoding, to_numpy, source, obtain)
-    try:
-        with open(path_or_bytes, "rb") as f:  # streamed: large arrays are read once
-            return _unpickle(f, encoding, to_numpy, source, obtain)
-    except FileNotFoundError:
-        raise AssetError(source, "not found", obtain) from None
-    except IsADirectoryError:
-        raise AssetError(source, "is a folder, expected a file", obtain) from None
-    except OSError as err:
-        raise AssetError(source, f"cannot be read ({_short(err)})", obtain) from None
+    with reading(source, obtain), open(path_or_bytes, "rb") as f:  # streamed: read once
+        return _unpickle(f, encoding, to_numpy, source, obtain)
 
 
 def _unpickle(f: Any, encoding: str, to_numpy: bool, source: str, obtain: str | None) -> Any:
@@ -441,24 +434,12 @@ def _unpickle(f: Any, encoding: str, to_numpy: bool, source: str, obtain: str | 
     except RecursionError:
         raise AssetError(source, "pickle is nested too deeply to read", obtain) from None
     except Exception as err:  # any failure on untrusted bytes means a corrupt file
-        raise AssetError(source, f"not a readable pickle ({_short(err)})", obtain) from None
-
-
-def _short(err: BaseException) -> str:
-    text = str(err).splitlines()[0] if str(err) else ""
-    text = text if len(text) <= 120 else text[:117] + "..."
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+        raise AssetError(source, f"not a readable pickle ({short_reason(err)})", obtain) from None
 
 
 def _read_bytes(path: Path, source: str, obtain: str | None) -> bytes:
-    try:
+    with reading(source, obtain):
         return path.read_bytes()
-    except FileNotFoundError:
-        raise AssetError(source, "not found", obtain) from None
-    except IsADirectoryError:
-        raise AssetError(source, "is a folder, expected a file", obtain) from None
-    except OSError as err:
-        raise AssetError(source, f"cannot be read ({_short(err)})", obtain) from None
 
 
 def read_npy_header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -514,7 +495,7 @@ def load_npy_object(
     try:
         shape, _fortran, dtype = read_npy_header(stream)
     except Exception as err:
-        raise AssetError(source, f"not a numpy .npy file ({_short(err)})", obtain) from None
+        raise AssetError(source, f"not a numpy .npy file ({short_reason(err)})", obtain) from None
     if not dtype.hasobject:
         from numpy.lib import format as npy_format
 
@@ -523,7 +504,7 @@ def load_npy_object(
             return npy_format.read_array(stream, allow_pickle=False)
         except Exception as err:
             raise AssetError(
-                source, f"truncated or corrupt .npy file ({_short(err)})", obtain
+                source, f"truncated or corrupt .npy file ({short_reason(err)})", obtain
             ) from None
     arr = load_pickle(data[stream.tell() :], name=source, obtain=obtain, to_numpy=True)
     if not isinstance(arr, np.ndarray) or arr.shape != tuple(shape):
@@ -598,7 +579,7 @@ def scan_pickle(path: str | os.PathLike[str], *, obtain: str | None = None) -> P
     except FileNotFoundError:
         raise AssetError(source, "not found", obtain) from None
     except OSError as err:
-        raise AssetError(source, f"cannot be read ({_short(err)})", obtain) from None
+        raise AssetError(source, f"cannot be read ({short_reason(err)})", obtain) from None
     except Exception as err:
-        raise AssetError(source, f"not a readable pickle ({_short(err)})", obtain) from None
+        raise AssetError(source, f"not a readable pickle ({short_reason(err)})", obtain) from None
     return PickleSummary(tuple(found), tuple(forbidden), frozenset(strings))

@@ -168,9 +168,3 @@ class FaceRenderer(nn.Module):
             background=background,
             perspective_correct=perspective is not None,
         )
-
-
-def to_device_of(module: nn.Module, code: FaceCode) -> FaceCode:
-    """Move a code to the module's device and dtype."""
-    p = next(module.buffers())
-    return code.to(device=p.device, dtype=torch.float32 if not p.is_floating_point() else p.dtype)
