@@ -40,6 +40,15 @@ def test_assets_check_reports_present_missing_and_broken(tmp_path, capsys):
     assert "BROKEN  flame_texture" in capsys.readouterr().out
 
 
+def test_assets_check_without_a_folder_says_where_to_get_each_file(capsys, monkeypatch):
+    monkeypatch.delenv("EMORIG_HOME", raising=False)
+    assert main(["assets", "check"]) == 0
+    captured = capsys.readouterr()
+    assert "no asset folder given" in captured.err
+    assert "generic_model.pkl: FLAME 2020" in captured.out
+    assert "obtain it from https://flame.is.tue.mpg.de" in captured.out
+
+
 def test_convert_flame_round_trip(tmp_path, capsys):
     write_flame2020_pkl(tmp_path / "generic_model.pkl")
     out = tmp_path / "flame2020.npz"

@@ -35,12 +35,17 @@ def cmd_assets_check(args: argparse.Namespace) -> int:
         print(f"asset folder: {home}")
     statuses = check_assets(home)
     width = max(len(s.key) for s in statuses)
+    pad = " " * (width + 10)
     for s in statuses:
         spec = asset_spec(s.key)
+        if s.path is None and home is None:
+            print(f"-       {s.key:<{width}}  {spec.display_name}: {spec.what}")
+            print(f"{pad}obtain it from {spec.obtain}")
+            continue
         mark = "ok     " if s.ok else ("BROKEN " if s.path is not None else "missing")
         print(f"{mark} {s.key:<{width}}  {s.message}")
         if s.path is None:
-            print(f"        {'':<{width}}  needed for: {', '.join(spec.required_for)}")
+            print(f"{pad}needed for: {', '.join(spec.required_for)}")
     broken = [s for s in statuses if s.path is not None and not s.ok]
     return 1 if broken else 0
 
