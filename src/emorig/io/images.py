@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
+from emorig.errors import EmorigError, short_reason
 from emorig.io.atomic import atomic_write
 
 
@@ -75,3 +78,92 @@ def contact_sheet(
 def _text_width(font: ImageFont.ImageFont, text: str) -> int:
     box = font.getbbox(text)
     return int(box[2] - box[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading photos users bring: any mode, EXIF orientation, corrupt files reported in one line.
+
+MAX_PIXELS = 400_000_000  # refuse beyond this (a 20000 x 20000 photo); PIL's own bomb check
+
+
+class ImageReadError(EmorigError):
+    """A file that is not a readable image; ``reason`` is one line for a summary."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A photo as RGB uint8, upright.
+
+    Attributes:
+        pixels: (H, W, 3) uint8 RGB with the EXIF orientation applied.
+        path: where it came from.
+        mode: the file's PIL mode before conversion (``"RGB"``, ``"CMYK"``, ``"I;16"``, ...).
+        exif_rotated: True when an EXIF orientation tag changed the pixel layout.
+    """
+
+    pixels: np.ndarray
+    path: str
+    mode: str
+    exif_rotated: bool
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return self.pixels.shape[0], self.pixels.shape[1]
+
+
+def read_image(path: str | os.PathLike[str]) -> LoadedImage:
+    """Read any photo PIL understands as upright RGB uint8.
+
+    Handles EXIF orientation; grayscale, palette, CMYK, YCbCr and LAB; transparency (composited
+    on white); 16- and 32-bit integer and float images (scaled to 8 bits). Raises
+    :class:`ImageReadError` with a one-line reason for missing, corrupt, truncated or
+    non-image files and for images over :data:`MAX_PIXELS`.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                n = img.size[0] * img.size[1]
+                if n > MAX_PIXELS:
+                    raise ImageReadError(path, f"too large ({n / 1e6:.0f} megapixels)")
+                img.load()
+                mode = img.mode
+                orientation = img.getexif().get(0x0112, 1)
+                upright = ImageOps.exif_transpose(img)
+                pixels = _to_rgb8(upright if upright is not None else img)
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(path, "not found") from None
+    except IsADirectoryError:
+        raise ImageReadError(path, "is a folder") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not an image PIL can read") from None
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(path, f"too large ({short_reason(err)})") from None
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
+        raise ImageReadError(path, f"corrupt or truncated ({short_reason(err)})") from None
+    return LoadedImage(pixels, str(path), mode, orientation not in (1, None))
+
+
+def _to_rgb8(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        if mode == "F":
+            top = max(float(arr.max()), 1.0) if arr.max() > 1.0 else 1.0
+        grey = np.clip(arr / top, 0.0, 1.0)
+        return np.repeat((grey * 255.0 + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))

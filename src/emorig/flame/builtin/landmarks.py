@@ -17,6 +17,9 @@ from emorig.flame.builtin.mesh import PART_SKIN, HeadMesh, cast
 from emorig.flame.builtin.sculpt import ANATOMY, Anatomy
 from emorig.flame.data import LandmarkEmbedding
 
+CONTOUR_START_DEG = 168.0  # direction of iBUG point 0 from the centre of the sweep
+CONTOUR_TOP = 0.031  # contour points stay below the eyes' upper lids (metres)
+
 
 def closest_on_triangles(point: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Closest point of each triangle to ``point``. tri (F, 3, 3) -> (distances (F,), bary (F, 3)).
@@ -194,7 +197,7 @@ def contour_candidates(mesh: HeadMesh, jaw: np.ndarray) -> np.ndarray:
     n = _vertex_normals(mesh)
     skin = (mesh.part == PART_SKIN) & (mesh.column >= 0) & ~mesh.lower_lip
     theta = mesh.theta[np.maximum(mesh.column, 0)]
-    keep = skin & (np.abs(theta) < np.radians(80)) & (v[:, 1] < 0.024)
+    keep = skin & (np.abs(theta) < np.radians(80)) & (v[:, 1] < CONTOUR_TOP)
     keep &= ~((np.abs(v[:, 0]) > 0.064) & (v[:, 1] > -0.035))  # ears
     for j in range(mesh.theta.size):
         ids = np.flatnonzero(skin & (mesh.column == j))
@@ -225,8 +228,9 @@ def contour_vertices(mesh: HeadMesh, jaw: np.ndarray, yaw_deg: float) -> np.ndar
     rel = v[cand, :2] - center
     ang = np.degrees(np.arctan2(rel[:, 1], rel[:, 0])) % 360.0
     rad = np.linalg.norm(rel, axis=1)
-    # image-left (subject's right) slightly below the eyes, round the chin, to image-right
-    targets = np.linspace(188.0, 352.0, 17)
+    # from image-left at the height of the outer eye corners (iBUG 0, beside the ear), round
+    # the chin, to image-right (iBUG 16)
+    targets = np.linspace(CONTOUR_START_DEG, 540.0 - CONTOUR_START_DEG, 17) % 360.0
     out = []
     for t in targets:
         diff = np.abs((ang - t + 180.0) % 360.0 - 180.0)
