@@ -396,3 +396,481 @@ def write_head_template_obj(
     ]
     Path(path).write_text("\n".join(lines) + "\n")
     return v, faces, uv, uv_faces
+
+
+# ---------------------------------------------------------------------------------------------
+# DECA and EMOCA checkpoints.
+#
+# Key names and shapes are listed here from the upstream module definitions (torchvision's
+# ResNet layout as copied by DECA's decalib/models/resnet.py without fc, DECA's ResnetEncoder
+# head ``layers.0``/``layers.2`` and the ``Generator`` of decalib/models/decoders.py), not from
+# emorig's modules, so the tests compare two independent descriptions.
+
+DECA_N_PARAMS = 236  # 100 shape + 50 tex + 50 exp + 6 pose + 3 cam + 27 light
+DECA_N_DETAIL = 128
+DECA_N_EXP = 50
+
+
+def _bn_shapes(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
+    return {
+        f"{prefix}.weight": (channels,),
+        f"{prefix}.bias": (channels,),
+        f"{prefix}.running_mean": (channels,),
+        f"{prefix}.running_var": (channels,),
+        f"{prefix}.num_batches_tracked": (),
+    }
+
+
+def resnet_state_shapes(
+    layers: tuple[int, ...] = (3, 4, 6, 3), width: int = 64, bottleneck: bool = True
+) -> dict[str, tuple[int, ...]]:
+    """torchvision ResNet state-dict keys -> shapes, in torchvision's order, without ``fc``."""
+    shapes: dict[str, tuple[int, ...]] = {"conv1.weight": (width, 3, 7, 7)}
+    shapes.update(_bn_shapes("bn1", width))
+    expansion = 4 if bottleneck else 1
+    in_c = width
+    for i, n_blocks in enumerate(layers):
+        planes = width * 2**i
+        stride = 1 if i == 0 else 2
+        for b in range(n_blocks):
+            p = f"layer{i + 1}.{b}"
+            if bottleneck:
+                shapes[f"{p}.conv1.weight"] = (planes, in_c, 1, 1)
+                shapes.update(_bn_shapes(f"{p}.bn1", planes))
+                shapes[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
+                shapes.update(_bn_shapes(f"{p}.bn2", planes))
+                shapes[f"{p}.conv3.weight"] = (planes * 4, planes, 1, 1)
+                shapes.update(_bn_shapes(f"{p}.bn3", planes * 4))
+            else:
+                shapes[f"{p}.conv1.weight"] = (planes, in_c, 3, 3)
+                shapes.update(_bn_shapes(f"{p}.bn1", planes))
+                shapes[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
+                shapes.update(_bn_shapes(f"{p}.bn2", planes))
+            if b == 0 and (stride != 1 or in_c != planes * expansion):
+                shapes[f"{p}.downsample.0.weight"] = (planes * expansion, in_c, 1, 1)
+                shapes.update(_bn_shapes(f"{p}.downsample.1", planes * expansion))
+            in_c = planes * expansion
+    return shapes
+
+
+def deca_encoder_shapes(
+    out_features: int, width: int = 64, hidden: int = 1024
+) -> dict[str, tuple[int, ...]]:
+    """DECA's ``ResnetEncoder``: ``encoder.*`` (ResNet-50) + ``layers.0`` / ``layers.2``."""
+    shapes = {f"encoder.{k}": v for k, v in resnet_state_shapes(width=width).items()}
+    features = width * 32
+    shapes.update(
+        {
+            "layers.0.weight": (hidden, features),
+            "layers.0.bias": (hidden,),
+            "layers.2.weight": (out_features, hidden),
+            "layers.2.bias": (out_features,),
+        }
+    )
+    return shapes
+
+
+def deca_generator_shapes(latent_dim: int = 181) -> dict[str, tuple[int, ...]]:
+    """DECA's detail ``Generator`` (``D_detail``) keys -> shapes."""
+    shapes: dict[str, tuple[int, ...]] = {
+        "l1.0.weight": (128 * 8 * 8, latent_dim),
+        "l1.0.bias": (128 * 8 * 8,),
+    }
+    shapes.update(_bn_shapes("conv_blocks.0", 128))
+    convs = {2: (128, 128), 6: (64, 128), 10: (64, 64), 14: (32, 64), 18: (16, 32)}
+    for index, (c_out, c_in) in convs.items():
+        shapes[f"conv_blocks.{index}.weight"] = (c_out, c_in, 3, 3)
+        shapes[f"conv_blocks.{index}.bias"] = (c_out,)
+        shapes.update(_bn_shapes(f"conv_blocks.{index + 1}", c_out))
+    shapes["conv_blocks.21.weight"] = (1, 16, 3, 3)
+    shapes["conv_blocks.21.bias"] = (1,)
+    return shapes
+
+
+def random_state(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> Any:
+    """An OrderedDict of random tensors with these shapes: float32 weights, positive
+    ``running_var``, int64 ``num_batches_tracked`` (as a trained BatchNorm has)."""
+    from collections import OrderedDict
+
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    state = OrderedDict()
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(int(torch.randint(1, 10**6, (), generator=gen)))
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=gen) + 0.5
+        else:
+            state[key] = torch.randn(shape, generator=gen) * 0.02
+    return state
+
+
+def deca_state_dicts(
+    seed: int = 0,
+    width: int = 64,
+    hidden: int = 1024,
+    n_params: int = DECA_N_PARAMS,
+    n_detail: int = DECA_N_DETAIL,
+    n_exp: int = DECA_N_EXP,
+) -> dict[str, Any]:
+    """``{"E_flame", "E_detail", "D_detail"}`` random state dicts in DECA's layout."""
+    return {
+        "E_flame": random_state(deca_encoder_shapes(n_params, width, hidden), seed),
+        "E_detail": random_state(deca_encoder_shapes(n_detail, width, hidden), seed + 1),
+        "D_detail": random_state(deca_generator_shapes(3 + n_exp + n_detail), seed + 2),
+    }
+
+
+def _edit_nested(
+    nets: dict[str, Any],
+    drop: tuple[str, ...],
+    extra: dict[str, Any] | None,
+    reshape: dict[str, tuple[int, ...]] | None,
+) -> None:
+    """Apply ``drop``/``extra``/``reshape`` given as ``"E_flame.layers.0.weight"`` keys."""
+    import torch
+
+    for dotted in drop:
+        net, key = dotted.split(".", 1)
+        del nets[net][key]
+    for dotted, value in (extra or {}).items():
+        net, key = dotted.split(".", 1)
+        nets[net][key] = value
+    for dotted, shape in (reshape or {}).items():
+        net, key = dotted.split(".", 1)
+        nets[net][key] = torch.zeros(shape)
+
+
+def write_deca_tar(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    width: int = 64,
+    hidden: int = 1024,
+    legacy: bool = False,
+    training: bool = False,
+    drop: tuple[str, ...] = (),
+    extra: dict[str, Any] | None = None,
+    reshape: dict[str, tuple[int, ...]] | None = None,
+    top_level: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A ``deca_model.tar`` look-alike: ``torch.save`` of ``{"E_flame", "E_detail",
+    "D_detail"}`` state dicts (real shapes with the defaults; ``width``/``hidden`` shrink the
+    ResNet stem and the head for fast tests).
+
+    ``training`` adds ``opt``, ``global_step`` and ``batch_size`` like DECA's trainer;
+    ``legacy`` writes the pre-1.6 stream format; ``drop``/``extra``/``reshape`` edit entries
+    named ``"<net>.<key>"``; ``top_level`` adds top-level entries. Returns the state dicts.
+    """
+    import torch
+
+    nets = deca_state_dicts(seed, width, hidden)
+    _edit_nested(nets, drop, extra, reshape)
+    content: dict[str, Any] = dict(nets)
+    if training:
+        content["opt"] = {
+            "state": {},
+            "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8, "params": [0]}],
+        }
+        content["global_step"] = 120000
+        content["batch_size"] = 8
+    content.update(top_level or {})
+    torch.save(content, str(path), _use_new_zipfile_serialization=not legacy)
+    return nets
+
+
+class _FakeContainerMetadata:
+    """Pickles as ``omegaconf.base.ContainerMetadata`` (a dataclass in OmegaConf 2.x)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        import collections
+        import typing
+
+        return {
+            "ref_type": typing.Any,
+            "object_type": dict,
+            "optional": True,
+            "key": None,
+            "flags": {},
+            "flags_root": False,
+            "resolver_cache": collections.defaultdict(dict),
+            "key_type": typing.Any,
+            "element_type": typing.Any,
+        }
+
+
+class _FakeAnyNode:
+    """Pickles as ``omegaconf.nodes.AnyNode`` holding one value."""
+
+    def __init__(self, value: Any, parent: Any):
+        self.value, self.parent = value, parent
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_metadata": _FakeContainerMetadata(), "_parent": self.parent, "_val": self.value}
+
+
+class _FakeDictConfig:
+    """Pickles as ``omegaconf.dictconfig.DictConfig``: state with ``_content`` of nodes."""
+
+    def __init__(self, content: dict[str, Any], parent: Any = None):
+        self.content, self.parent = content, parent
+
+    def __getstate__(self) -> dict[str, Any]:
+        nodes = {
+            k: _FakeDictConfig(v, self) if isinstance(v, dict) else _FakeAnyNode(v, self)
+            for k, v in self.content.items()
+        }
+        return {
+            "_metadata": _FakeContainerMetadata(),
+            "_parent": self.parent,
+            "_flags_cache": None,
+            "_content": nodes,
+        }
+
+
+for _cls, _module, _name in (
+    (_FakeContainerMetadata, "omegaconf.base", "ContainerMetadata"),
+    (_FakeAnyNode, "omegaconf.nodes", "AnyNode"),
+    (_FakeDictConfig, "omegaconf.dictconfig", "DictConfig"),
+):
+    _cls.__module__, _cls.__qualname__, _cls.__name__ = _module, _name, _name
+
+
+@contextlib.contextmanager
+def _fake_omegaconf() -> Iterator[None]:
+    """Register ``omegaconf`` stand-in modules so pickle can name the fake classes."""
+    modules = {
+        "omegaconf": types.ModuleType("omegaconf"),
+        "omegaconf.base": types.ModuleType("omegaconf.base"),
+        "omegaconf.nodes": types.ModuleType("omegaconf.nodes"),
+        "omegaconf.dictconfig": types.ModuleType("omegaconf.dictconfig"),
+    }
+    modules["omegaconf.base"].ContainerMetadata = _FakeContainerMetadata  # type: ignore[attr-defined]
+    modules["omegaconf.nodes"].AnyNode = _FakeAnyNode  # type: ignore[attr-defined]
+    modules["omegaconf.dictconfig"].DictConfig = _FakeDictConfig  # type: ignore[attr-defined]
+    saved = {n: sys.modules.get(n) for n in modules}
+    sys.modules.update(modules)
+    try:
+        yield
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+def emoca_cfg(
+    variant: str = "v2",
+    *,
+    jaw: bool = False,
+    global_pose: bool = False,
+    deca_class: str = "ExpDECA",
+) -> dict[str, Any]:
+    """An EMOCA ``cfg.yaml`` in its real nesting: ``coarse``/``detail`` x ``data``, ``model``,
+    ``learning``, ``inout`` (values from gdl_apps/EMOCA/training/emoca.yaml; ``variant="v2"``
+    adds the MediaPipe landmark losses, the MediaPipe embedding path and the lip-reading loss
+    of EMOCA v2)."""
+    assets = "/home/user/emoca/assets"
+    sizes = {
+        "n_shape": 100,
+        "n_tex": 50,
+        "n_exp": 50,
+        "n_pose": 6,
+        "n_cam": 3,
+        "n_light": 27,
+        "n_identity": 512,
+        "n_dlatent": 512,
+        "n_detail": 128,
+        "image_size": 224,
+        "uv_size": 256,
+    }
+    paths = {
+        "topology_path": f"{assets}/FLAME/geometry/head_template.obj",
+        "fixed_displacement_path": f"{assets}/FLAME/geometry/fixed_uv_displacements/"
+        "fixed_displacement_256.npy",
+        "flame_model_path": f"{assets}/FLAME/geometry/generic_model.pkl",
+        "flame_lmk_embedding_path": f"{assets}/FLAME/geometry/landmark_embedding.npy",
+        "face_mask_path": f"{assets}/FLAME/mask/uv_face_mask.png",
+        "face_eye_mask_path": f"{assets}/FLAME/mask/uv_face_eye_mask.png",
+        "pretrained_modelpath": f"{assets}/DECA/data/deca_model.tar",
+        "pretrained_vgg_face_path": f"{assets}/FaceRecognition/resnet50_ft_weight.pkl",
+        "tex_path": f"{assets}/FLAME/texture/FLAME_albedo_from_BFM.npz",
+    }
+
+    def model(mode: str) -> dict[str, Any]:
+        m: dict[str, Any] = dict(paths)
+        m.update(
+            {
+                "deca_class": deca_class,
+                "expression_backbone": "deca_clone",
+                "exp_deca_global_pose": global_pose,
+                "exp_deca_jaw_pose": jaw,
+                "mode": mode,
+                "resume_training": False,
+                "useSeg": "rend" if mode == "coarse" else "gt",
+                "use_landmarks": mode == "detail",
+                "eyed": 0.5,
+                "lipd": 0.5,
+                "idw": 0,
+                "emonet_weight": 1.0 if mode == "coarse" else 0.0015,
+                "use_emonet_loss": mode == "coarse",
+                "emonet_model_path": "",
+                "use_texture": False,
+                "tex_type": "BFM",
+                "neural_renderer": False,
+            }
+        )
+        if mode == "detail":
+            m.update({"train_coarse": False, "mrfwr": 0.05, "zregw": 0.005, "sfsw": [5, 0, 0, 0]})
+        m.update(sizes)
+        if variant == "v2":
+            m["flame_mediapipe_lmk_embedding_path"] = (
+                f"{assets}/FLAME/geometry/mediapipe_landmark_embedding.npz"
+            )
+            if mode == "coarse":
+                m.update(
+                    {
+                        "use_mediapipe_landmarks": True,
+                        "lmk_weight_mp": 1.5,
+                        "use_eye_distance_mediapipe": True,
+                        "use_lip_distance_mediapipe": True,
+                        "use_mouth_corner_distance_mediapipe": True,
+                        "eyed_mp": 0.5,
+                        "lipd_mp": 0.5,
+                        "lipread_loss": {
+                            "lipread_loss": "mse_loss",
+                            "weight": 20,
+                            "use_as_loss": True,
+                        },
+                    }
+                )
+        return m
+
+    def stage(mode: str) -> dict[str, Any]:
+        run = f"/is/cluster/emoca/EMOCA_{variant}/{mode}"
+        return {
+            "data": {"data_class": "AffectNetEmoNetSplitModule", "image_size": 224, "scale": 1.25},
+            "model": model(mode),
+            "learning": {"learning_rate": 5e-05, "optimizer": "Adam", "batch_size_train": 32},
+            "inout": {
+                "full_run_dir": run,
+                "checkpoint_dir": f"{run}/checkpoints",
+                "name": "ExpDECA_Affec_clone_NoRing_EmoC_F2_DeSeggt_BlackC_Aug_early",
+            },
+        }
+
+    return {"coarse": stage("coarse"), "detail": stage("detail")}
+
+
+def emoca_extra_state(variant: str = "v2", seed: int = 7) -> dict[str, Any]:
+    """Non-network entries of an EMOCA ``state_dict``: FLAME/renderer buffers, UV masks and
+    loss networks (shapes of the real ones where small; a few entries per network)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, Any] = {
+        "deca.uv_face_eye_mask": torch.rand((1, 1, 256, 256), generator=gen),
+        "deca.fixed_uv_dis": torch.randn((256, 256), generator=gen) * 1e-3,
+        "deca.flame.faces_tensor": torch.randint(0, 5023, (9976, 3), generator=gen),
+        "deca.flame.v_template": torch.randn((5023, 3), generator=gen),
+        "deca.flame.shapedirs": torch.randn((5023, 3, 150), generator=gen),
+        "deca.flame.posedirs": torch.randn((36, 15069), generator=gen),
+        "deca.flame.J_regressor": torch.rand((5, 5023), generator=gen),
+        "deca.flame.parents": torch.tensor([-1, 0, 1, 1, 1]),
+        "deca.flame.lbs_weights": torch.rand((5023, 5), generator=gen),
+        "deca.flame.eye_pose": torch.zeros(1, 6),
+        "deca.flame.neck_pose": torch.zeros(1, 3),
+        "deca.flame.lmk_faces_idx": torch.randint(0, 9976, (51,), generator=gen),
+        "deca.flame.lmk_bary_coords": torch.rand((51, 3), generator=gen),
+        "deca.render.faces": torch.randint(0, 5023, (1, 9976, 3), generator=gen),
+        "deca.render.raw_uvcoords": torch.rand((1, 5118, 2), generator=gen),
+        "deca.render.constant_factor": torch.rand((9,), generator=gen),
+        "deca.perceptual_loss.featlayer.vgg19.0.weight": torch.randn((64, 3, 3, 3), generator=gen),
+        "deca.perceptual_loss.featlayer.vgg19.0.bias": torch.randn((64,), generator=gen),
+    }
+    if variant == "v2":
+        state["deca.flame.lmk_faces_idx_mediapipe"] = torch.randint(0, 9976, (105,), generator=gen)
+        state["deca.flame.lmk_bary_coords_mediapipe"] = torch.rand((105, 3), generator=gen)
+        state["lipread_loss.model.frontend3D.0.weight"] = torch.randn(
+            (64, 1, 5, 7, 7), generator=gen
+        )
+    return state
+
+
+EMOCA_CHECKPOINT = "detail/checkpoints/deca-epoch=03-val_loss/dataloader_idx_0=3.27.ckpt"
+
+
+def write_emoca_folder(
+    path: str | Path,
+    variant: str = "v2",
+    *,
+    seed: int = 0,
+    jaw: bool = False,
+    global_pose: bool = False,
+    deca_class: str = "ExpDECA",
+    drop: tuple[str, ...] = (),
+    extra: dict[str, Any] | None = None,
+    checkpoint: str = EMOCA_CHECKPOINT,
+) -> dict[str, Any]:
+    """An EMOCA model folder: ``cfg.yaml`` (real nesting) and a PyTorch Lightning checkpoint
+    at ``checkpoint`` whose ``state_dict`` has ``deca.E_flame.*``, ``deca.E_detail.*``,
+    ``deca.D_detail.*``, ``deca.E_expression.*`` (real shapes; 50, 53 or 56 expression
+    outputs), FLAME/renderer buffers and loss-network weights, and whose ``hyper_parameters``
+    pickle OmegaConf ``DictConfig``s (fake classes named ``omegaconf.dictconfig.DictConfig``).
+
+    ``drop`` removes and ``extra`` adds ``state_dict`` entries (full ``deca.*`` names).
+    Returns ``{"state_dict": ..., "checkpoint": Path, "cfg": dict}``.
+    """
+    from collections import OrderedDict
+
+    import torch
+    import yaml
+
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = emoca_cfg(variant, jaw=jaw, global_pose=global_pose, deca_class=deca_class)
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    nets = deca_state_dicts(seed)
+    if deca_class == "ExpDECA":
+        n_out = DECA_N_EXP + 3 * int(jaw) + 3 * int(global_pose)
+        nets["E_expression"] = random_state(deca_encoder_shapes(n_out), seed + 3)
+    state: Any = OrderedDict()
+    for net, sub in nets.items():
+        for key, value in sub.items():
+            state[f"deca.{net}.{key}"] = value
+    state.update(emoca_extra_state(variant, seed + 4))
+    for key in drop:
+        del state[key]
+    state.update(extra or {})
+    hparams = {
+        "model_params": _FakeDictConfig(cfg["detail"]["model"]),
+        "learning_params": _FakeDictConfig(cfg["detail"]["learning"]),
+        "inout_params": _FakeDictConfig(cfg["detail"]["inout"]),
+        "stage_name": "detail",
+    }
+    content = {
+        "epoch": 3,
+        "global_step": 41234,
+        "pytorch-lightning_version": "1.4.9",
+        "state_dict": state,
+        "callbacks": {
+            "ModelCheckpoint": {
+                "monitor": "val_loss/dataloader_idx_0",
+                "best_model_score": torch.tensor(3.27),
+                "best_model_path": f"/is/cluster/{checkpoint}",
+            }
+        },
+        "optimizer_states": [
+            {"state": {}, "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": [0, 1]}]}
+        ],
+        "lr_schedulers": [],
+        "hparams_name": "kwargs",
+        "hyper_parameters": hparams,
+    }
+    ckpt = root / checkpoint
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    with _fake_omegaconf():
+        torch.save(content, str(ckpt))
+    return {"state_dict": state, "checkpoint": ckpt, "cfg": cfg}

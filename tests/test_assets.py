@@ -56,6 +56,9 @@ def test_registry_entries():
         "head_template.obj",
         "FLAME_texture.npz",
         "FLAME_albedo_from_BFM.npz",
+        "uv_face_eye_mask.png",
+        "uv_face_mask.png",
+        "fixed_displacement_256.npy",
         "deca_model.tar",
         "model*.pt",
         "cfg.yaml",
@@ -260,3 +263,26 @@ def test_readers_need_neither_scipy_nor_chumpy(tmp_path):
     )
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
     assert assets.MAX_DEPTH == 4
+
+
+def test_deca_detail_files_are_checked(tmp_path):
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    upstream = Path(__file__).resolve().parents[2] / "shared" / "upstream-data" / "deca"
+    if (upstream / "uv_face_eye_mask.png").exists():
+        import shutil
+
+        shutil.copy(upstream / "uv_face_eye_mask.png", tmp_path)
+    else:
+        Image.fromarray(np.zeros((256, 256, 4), np.uint8)).save(tmp_path / "uv_face_eye_mask.png")
+    np.save(tmp_path / "fixed_displacement_256.npy", np.zeros((256, 256)))
+    (tmp_path / "uv_face_mask.png").write_text("not a png")
+    status = {s.key: s for s in check_assets(tmp_path)}
+    assert status["uv_face_eye_mask"].ok
+    assert "UV mask" in status["uv_face_eye_mask"].message
+    assert status["fixed_displacement"].ok
+    assert not status["uv_face_mask"].ok
+    assert "uv_face_mask.png" in status["uv_face_mask"].message

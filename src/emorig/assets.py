@@ -178,6 +178,30 @@ ASSETS: tuple[AssetSpec, ...] = (
         required_for=("render", "edit", "train"),
     ),
     AssetSpec(
+        key="uv_face_eye_mask",
+        filenames=("uv_face_eye_mask.png",),
+        what="DECA's UV mask of the face and eye region (where detail displacements apply)",
+        obtain=_DECA_DATA,
+        terms="DECA licence, non-commercial",
+        required_for=("reconstruct",),
+    ),
+    AssetSpec(
+        key="uv_face_mask",
+        filenames=("uv_face_mask.png",),
+        what="DECA's UV mask of the face region (detail-stage training)",
+        obtain=_DECA_DATA,
+        terms="DECA licence, non-commercial",
+        required_for=("train",),
+    ),
+    AssetSpec(
+        key="fixed_displacement",
+        filenames=("fixed_displacement_256.npy",),
+        what="DECA's fixed displacement map (256 x 256) added to every predicted one",
+        obtain=_DECA_DATA,
+        terms="DECA licence, non-commercial",
+        required_for=("reconstruct",),
+    ),
+    AssetSpec(
         key="deca_model",
         filenames=("deca_model.tar",),
         what="DECA weights (E_flame, E_detail, D_detail)",
@@ -462,6 +486,20 @@ def _check_zip_or_tar(path: Path) -> str:
     raise AssetError(str(path), "is not a torch checkpoint (neither zip, tar nor pickle)")
 
 
+def _check_uv_mask(path: Path) -> str:
+    from emorig.io.uv_files import read_uv_mask
+
+    mask = read_uv_mask(path)
+    return f"UV mask, {mask.mean() * 100:.0f}% of the layout"
+
+
+def _check_fixed_displacement(path: Path) -> str:
+    from emorig.io.uv_files import read_fixed_displacement
+
+    d = read_fixed_displacement(path)
+    return f"fixed displacement {d.shape[0]}x{d.shape[1]}, range [{d.min():.4f}, {d.max():.4f}]"
+
+
 def _present(path: Path) -> str:
     return "present (not validated)"
 
@@ -476,6 +514,9 @@ _CHECKS: dict[str, Callable[[Path], str]] = {
     "flame_texture": _check_texture,
     "bfm_albedo": _check_bfm,
     "deca_model": _check_zip_or_tar,
+    "uv_face_eye_mask": _check_uv_mask,
+    "uv_face_mask": _check_uv_mask,
+    "fixed_displacement": _check_fixed_displacement,
     "diffusionrig": _check_zip_or_tar,
 }
 

@@ -315,6 +315,10 @@ class HeadAssets:
     uv: UVLayout | None = None
     albedo: AlbedoSpaceData | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    # UV-space data of the detail model, (S, S) float32 (DECA: 256)
+    uv_face_eye_mask: np.ndarray | None = None
+    uv_face_mask: np.ndarray | None = None
+    fixed_displacement: np.ndarray | None = None
 
     @property
     def synthetic(self) -> bool:

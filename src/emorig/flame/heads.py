@@ -81,7 +81,22 @@ def load_head(
             if path is not None:
                 space = read_albedo_space(path, n_components=n_albedo)
                 break
+    from emorig.io.uv_files import read_fixed_displacement, read_uv_mask
+
+    masks = {}
+    for key in ("uv_face_eye_mask", "uv_face_mask"):
+        path = optional(key)
+        masks[key] = read_uv_mask(path) if path is not None else None
+    fixed_path = optional("fixed_displacement")
+    fixed = read_fixed_displacement(fixed_path) if fixed_path is not None else None
     notes = {"albedo": space.kind if space is not None else "none (constant grey)"}
     return HeadAssets(
-        flame=flame, landmarks=landmarks, mediapipe=mediapipe, uv=uv, albedo=space, notes=notes
+        flame=flame,
+        landmarks=landmarks,
+        mediapipe=mediapipe,
+        uv=uv,
+        albedo=space,
+        notes=notes,
+        fixed_displacement=fixed,
+        **masks,
     )

@@ -262,3 +262,21 @@ def albedo_space(
 def _mix(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     t = np.asarray(t)[..., None] if np.ndim(t) == np.ndim(a) - 1 else t
     return a * (1 - t) + b * t
+
+
+def uv_region_masks(
+    mesh: HeadMesh, size: int = 256, anatomy: Anatomy = ANATOMY
+) -> tuple[np.ndarray, np.ndarray]:
+    """The built-in head's (face-and-eyes, face) UV masks, (size, size) float32 in {0, 1}:
+    the front of the skin between chin and hairline, ears and neck excluded; the face mask
+    also leaves out the eye openings (as DECA's two masks do)."""
+    u, v = _texel_grid(size)
+    skin = v >= SKIN_UV_V[0]
+    p = _skin_points(mesh, u, v)
+    r = _Regions(p, mesh, anatomy)
+    x, y, z = p[..., 0], p[..., 1], p[..., 2]
+    e = anatomy.eye(+1)
+    face = skin & (z > 0.035) & (y > -0.098) & (y < e[1] + 0.03) & (np.abs(x) < 0.062)
+    face &= (r.hair < 0.5) & (r.ears < 0.5)
+    eyes = np.hypot((np.abs(x) - e[0]) / 0.016, (y - e[1]) / 0.009) < 1.0
+    return face.astype(np.float32), (face & ~eyes).astype(np.float32)

@@ -1,0 +1,1 @@
+"""Training: data preparation and the loops for reconstruction and diffusion stages."""
