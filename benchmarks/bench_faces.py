@@ -12,24 +12,13 @@ baseline time / emorig time for the warp, and the full pipeline time is given be
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 from PIL import Image
 
 from emorig.faces.align import ffhq_quad, ffhq_transform, warp
 from emorig.faces.pipeline import FaceAligner
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from timing import time_ms
 
 
 def upstream_warp(image: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
@@ -56,12 +45,15 @@ def main() -> None:
     for name, img in photos.items():
         det = backend.detector.detect(img)[0]
         lm = backend.landmarks68.landmarks(img, det)
-        t_detect = timed(lambda img=img: backend.detector.detect(img), repeats)
-        t_lmk = timed(lambda img=img, det=det: backend.landmarks68.landmarks(img, det), repeats)
-        t_all = timed(lambda img=img: aligner.align(img), repeats)
+        t_detect = time_ms(lambda img=img: backend.detector.detect(img), repeats)[0] / 1000
+        t_lmk = (
+            time_ms(lambda img=img, det=det: backend.landmarks68.landmarks(img, det), repeats)[0]
+            / 1000
+        )
+        t_all = time_ms(lambda img=img: aligner.align(img), repeats)[0] / 1000
         m = ffhq_transform(lm, 256)
-        t_warp = timed(lambda img=img, m=m: warp(img, m, 256, "ffhq"), repeats)
-        t_base = timed(lambda img=img, lm=lm: upstream_warp(img, lm, 256), repeats)
+        t_warp = time_ms(lambda img=img, m=m: warp(img, m, 256, "ffhq"), repeats)[0] / 1000
+        t_base = time_ms(lambda img=img, lm=lm: upstream_warp(img, lm, 256), repeats)[0] / 1000
         print(
             f"{name}: detect+68 landmarks+align@256 {1000 * t_all:6.1f} ms "
             f"({1 / t_all:5.1f} images/s; detect {1000 * t_detect:.1f} ms, landmarks "
@@ -71,7 +63,7 @@ def main() -> None:
     img = photos["512x512"]
     det = backend.detector.detect(img)[0]
     lm = backend.landmarks68.landmarks(img, det)
-    t_emb = timed(lambda: backend.embedder.embed(img, lm), repeats)
+    t_emb = time_ms(lambda: backend.embedder.embed(img, lm), repeats)[0] / 1000
     print(f"identity embedding (dlib ResNet, 128-d): {1000 * t_emb:.1f} ms ({1 / t_emb:.1f}/s)")
 
 

@@ -17,8 +17,6 @@ The ratio printed is baseline time / emorig time (above 1: emorig is faster).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +27,7 @@ from emorig.flame.builtin import builtin_head
 from emorig.flame.data import FlameData, HeadAssets
 from emorig.flame.model import FlameModel
 from emorig.geometry.landmarks import contour_lut_row, vertices_to_landmarks
+from timing import time_ms
 
 UPSTREAM = Path(__file__).resolve().parents[2] / "shared/upstream-data/deca"
 
@@ -118,16 +117,6 @@ def baseline_forward(m: FlameModel, shape, expression, pose6):
     return verts, lmk2d, lmk3d
 
 
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -147,8 +136,13 @@ def main() -> None:
             base = baseline_forward(m, shape, exp, pose)
             err = float((ours.vertices - base[0]).abs().max())
             args_ = (shape, exp, pose[:, :3], pose[:, 3:])
-            t_ours = timed(lambda a=args_: m(*a), repeats)
-            t_base = timed(lambda a=(m, shape, exp, pose): baseline_forward(*a), repeats)
+            t_ours = time_ms(lambda a=args_: m(*a), repeats, args.device)[0] / 1000
+            t_base = (
+                time_ms(lambda a=(m, shape, exp, pose): baseline_forward(*a), repeats, args.device)[
+                    0
+                ]
+                / 1000
+            )
         print(
             f"batch {b:3d}: emorig {1000 * t_ours:7.2f} ms ({1000 * t_ours / b:6.3f} ms/face, "
             f"vertices + 68 contour + 68 fixed landmarks) | upstream-style "

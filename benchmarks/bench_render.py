@@ -19,15 +19,14 @@ import argparse
 import itertools
 import math
 import resource
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from emorig.geometry import orthographic_project
 from emorig.render import MeshRenderer, rasterize
+from timing import time_ms
 
 TARGET_MS_PER_IMAGE = 20.0
 TARGET_PEAK_MB = 2048.0
@@ -110,25 +109,6 @@ def frame(vertices: torch.Tensor, faces: torch.Tensor, coverage: float = 0.5) ->
     covered = float((probe.pix_to_face >= 0).float().mean())
     cam[0, 0] *= math.sqrt(coverage / max(covered, 1e-6))
     return cam
-
-
-def time_ms(fn, runs: int, device: torch.device, warmup: int = 2) -> tuple[float, float]:
-    """Median and minimum wall time of ``fn()`` in milliseconds."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000, min(times) * 1000
 
 
 def dense_rasterize(screen: torch.Tensor, faces: torch.Tensor, size: int, chunk: int = 256):
