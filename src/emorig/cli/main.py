@@ -22,6 +22,16 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _progress(desc: str):
+    """A function wrapping an iterable in a progress bar on stderr (off when not a terminal)."""
+    from tqdm import tqdm
+
+    def wrap(items):
+        return tqdm(items, unit="img", desc=desc, disable=None, file=sys.stderr)
+
+    return wrap
+
+
 def cmd_assets_check(args: argparse.Namespace) -> int:
     from emorig.assets import asset_home, asset_spec, check_assets
 
@@ -100,7 +110,6 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
     from emorig.faces.pipeline import (
         DONE,
@@ -129,10 +138,9 @@ def cmd_align(args: argparse.Namespace) -> int:
     if not files:
         raise EmorigError(f"{src}: no files to align")
 
-    def progress(items):
-        return tqdm(items, unit="img", desc="aligning", disable=None, file=sys.stderr)
-
-    results = align_files(files, src, out, aligner, preview=args.preview, progress=progress)
+    results = align_files(
+        files, src, out, aligner, preview=args.preview, progress=_progress("aligning")
+    )
     for r in results:
         if r.status not in (DONE,):
             level = "note" if r.status == SEVERAL else r.status
@@ -140,6 +148,103 @@ def cmd_align(args: argparse.Namespace) -> int:
     print(summarise(results) + f" -> {out}")
     failed = [r for r in results if r.status not in (DONE, SEVERAL)]
     return 1 if failed else 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+
+    from emorig.faces.pipeline import image_files
+    from emorig.flame.heads import load_head
+    from emorig.reconstruct.pipeline import Reconstructor, load_model, reconstruct_files
+
+    model, trained_for = load_model(args.model, args.weights, args.assets)
+    head_name = args.head or trained_for or "builtin"
+    if (
+        trained_for is not None
+        and head_name != trained_for
+        and not (trained_for == "flame2020" and head_name.startswith("flame"))
+    ):
+        raise EmorigError(
+            f"these weights were trained for the {trained_for} head; "
+            f"--head {head_name} does not match"
+        )
+    if head_name == "builtin":
+        _say("building the built-in synthetic head (procedural, about 5 s)...")
+    head = load_head(head_name, args.assets)
+    rec = Reconstructor(
+        args.model, head, model, photometric=not args.no_photometric, device=args.device
+    )
+    src, out = Path(args.images), Path(args.out)
+    files = image_files(src, exclude=out)
+    label = args.model if args.weights is None else f"{args.model} ({args.weights})"
+
+    results = reconstruct_files(
+        files, src, out, rec, label, args.all_faces, _progress("reconstructing")
+    )
+    counts: dict[str, int] = {}
+    for path, status, reason in results:
+        counts[status] = counts.get(status, 0) + 1
+        if status != "done":
+            print(f"{status}: {path}: {reason}", file=sys.stderr)
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    print(f"{len(results)} files ({summary}) with {label} on {head.flame.name} -> {out}")
+    return 0 if counts.get("done", 0) == len(results) else 1
+
+
+def cmd_train_reconstruct(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from emorig.train.recon import ReconTrainConfig, train_reconstruction
+
+    overrides = {}
+    for item in args.weight or []:
+        name, _, value = item.partition("=")
+        try:
+            overrides[name] = float(value)
+        except ValueError:
+            raise EmorigError(f"--weight {item}: expected NAME=NUMBER") from None
+    cfg = ReconTrainConfig(
+        stage=args.stage,
+        out=args.out,
+        head=args.head,
+        assets=args.assets,
+        init=args.init,
+        backbone=args.backbone,
+        backbone_width=args.width,
+        data=args.data,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        group_size=args.group_size,
+        lr=args.lr,
+        weights=args.loss_weights,
+        weight_overrides=overrides,
+        identity_net=args.identity_net,
+        emotion_net=args.emotion_net,
+        vgg19=args.vgg19,
+        save_every=args.save_every,
+        sample_every=args.sample_every,
+        mixed_precision=args.mixed_precision,
+        seed=args.seed,
+        cpu=args.cpu,
+    )
+    bar = tqdm(
+        total=cfg.steps, unit="step", desc=f"training {cfg.stage}", disable=None, file=sys.stderr
+    )
+
+    def progress(step: int, total: int, losses: dict[str, float]) -> None:
+        bar.n = step
+        bar.set_postfix(loss=f"{losses['loss']:.4f}", refresh=False)
+        bar.refresh()
+
+    result = train_reconstruction(cfg, progress=progress)
+    bar.close()
+    last = result.losses.get("loss", float("nan"))
+    print(
+        f"{cfg.stage}: {result.step} steps, last loss {last:.4f} in {result.seconds:.0f} s; "
+        f"checkpoints and losses.jsonl in {cfg.out}"
+    )
+    if result.model_folder is not None:
+        print(f"model: {result.model_folder} (use with --weights)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,6 +316,83 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--device", default="cpu", help="torch device for warping")
     align.set_defaults(func=cmd_align)
 
+    recon = sub.add_parser(
+        "reconstruct",
+        help="photos -> FLAME codes, meshes, buffers and overlays (DECA, EMOCA or fitting)",
+        description="Detect and crop each face as DECA does, then reconstruct it: 'deca' and "
+        "'emoca' run those networks (official weights from --assets, or --weights), 'fit' "
+        "needs no weights and fits the head to the 68 landmarks, then albedo and light to the "
+        "pixels. Writes NAME.npz/.json (codes and crop), NAME_coarse.obj (with UVs), "
+        "NAME_detail.obj (networks with a detail model), buffer PNGs of the crop and "
+        "NAME_landmarks.png / NAME_shape_overlay.png on the photo.",
+    )
+    recon.add_argument("images", metavar="IMAGES", help="a photo or a folder of photos")
+    recon.add_argument("--model", required=True, choices=("deca", "emoca", "fit"))
+    recon.add_argument("--out", required=True, help="output folder")
+    recon.add_argument("--weights", help="model folder/file instead of the official asset")
+    recon.add_argument(
+        "--head",
+        choices=("builtin", "flame2020", "flame2023", "flame2023_open"),
+        help="head of the codes (default: the weights' head, else builtin)",
+    )
+    recon.add_argument("--assets", metavar="DIR", help="asset folder (default: $EMORIG_HOME)")
+    recon.add_argument("--all-faces", action="store_true", help="every face, not the largest")
+    recon.add_argument(
+        "--no-photometric", action="store_true", help="fit: landmarks only (no albedo/light fit)"
+    )
+    recon.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    recon.set_defaults(func=cmd_reconstruct)
+
+    train = sub.add_parser("train", help="train models (reconstruction encoders)")
+    tsub = train.add_subparsers(dest="train_command", metavar="WHAT")
+    tr = tsub.add_parser(
+        "reconstruct",
+        help="train DECA/EMOCA encoders: synthetic, pretrain, coarse, detail or emoca stage",
+        description="One loop for every stage (run it under 'accelerate launch -m emorig' for "
+        "several GPUs or nodes). Resumes from the newest checkpoint in --out; every "
+        "checkpoint carries its config. Without --data the head's synthetic faces are used.",
+    )
+    tr.add_argument(
+        "--stage", required=True, choices=("synthetic", "pretrain", "coarse", "detail", "emoca")
+    )
+    tr.add_argument("--out", required=True, help="run folder")
+    tr.add_argument(
+        "--head", default="builtin", choices=("builtin", "flame2020", "flame2023", "flame2023_open")
+    )
+    tr.add_argument("--assets", metavar="DIR")
+    tr.add_argument(
+        "--init",
+        help="start from an emorig model folder, deca_model.tar or EMOCA "
+        "folder (required for detail and emoca)",
+    )
+    tr.add_argument(
+        "--data",
+        help="folder of 'emorig align --mode deca --size 224' crops, one "
+        "sub-folder per identity (default: synthetic faces)",
+    )
+    tr.add_argument("--steps", type=int, default=1000)
+    tr.add_argument("--batch-size", type=int, default=8, help="identities per batch")
+    tr.add_argument("--group-size", type=int, default=1, help="images per identity (K)")
+    tr.add_argument("--lr", type=float, default=1e-4)
+    tr.add_argument("--backbone", default="resnet50", choices=("resnet50", "resnet18"))
+    tr.add_argument("--width", type=int, default=64, help="backbone stem width (64 = standard)")
+    tr.add_argument("--loss-weights", default="deca", choices=("deca", "emoca"))
+    tr.add_argument(
+        "--weight",
+        action="append",
+        metavar="NAME=VALUE",
+        help="override one loss weight, e.g. identity=0.5 (repeatable)",
+    )
+    tr.add_argument("--identity-net", help="face-recognition network (.pt2 export / TorchScript)")
+    tr.add_argument("--emotion-net", help="emotion feature network (.pt2 / TorchScript)")
+    tr.add_argument("--vgg19", help="torchvision vgg19 state dict for ID-MRF (detail stage)")
+    tr.add_argument("--save-every", type=int, default=500)
+    tr.add_argument("--sample-every", type=int, default=500)
+    tr.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--cpu", action="store_true", help="train on the CPU even with a GPU")
+    tr.set_defaults(func=cmd_train_reconstruct)
+
     render = sub.add_parser(
         "render",
         help="render a head in several expressions and poses to PNG buffers and a contact sheet",
@@ -265,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:
-        target = {"assets": "assets"}.get(args.command or "")
+        target = {"assets": "assets", "train": "train"}.get(args.command or "")
         parser.parse_args([target, "--help"] if target else ["--help"])
         return 2
     try:

@@ -19,6 +19,7 @@ and pass inputs in either memory format; outputs match the default format up to 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from torch import Tensor, nn
@@ -233,3 +234,32 @@ def make_backbone(name: str, *, width: int = 64) -> ResNet:
     if name == "resnet18":
         return resnet18(width=width)
     raise ValueError(f"unknown backbone {name!r}; choose one of {list(BACKBONES)}")
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every BatchNorm that directly follows its convolution into it (inference only).
+
+    Pairs are ``convK`` -> ``bnK`` attributes (ResNet blocks and stems) and consecutive
+    ``Conv2d``, ``BatchNorm2d`` entries of an ``nn.Sequential`` (downsampling branches). The
+    BatchNorm is replaced by ``nn.Identity``; the module must be in eval mode.
+    """
+    if module.training:
+        raise ValueError("fold_batchnorm changes the network for inference; call .eval() first")
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for child in module.children():
+        fold_batchnorm(child)
+    if isinstance(module, nn.Sequential):
+        items = list(module._modules.items())
+        for (a, conv), (b, bn) in itertools.pairwise(items):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                module._modules[a] = fuse_conv_bn_eval(conv, bn)
+                module._modules[b] = nn.Identity()
+        return module
+    for name, conv in list(module.named_children()):
+        if isinstance(conv, nn.Conv2d) and name.startswith("conv"):
+            bn = getattr(module, "bn" + name[4:], None)
+            if isinstance(bn, nn.BatchNorm2d):
+                setattr(module, name, fuse_conv_bn_eval(conv, bn))
+                setattr(module, "bn" + name[4:], nn.Identity())
+    return module
