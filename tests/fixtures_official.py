@@ -874,3 +874,147 @@ def write_emoca_folder(
     with _fake_omegaconf():
         torch.save(content, str(ckpt))
     return {"state_dict": state, "checkpoint": ckpt, "cfg": cfg}
+
+
+# ---------------------------------------------------------------------------------------------
+# EMOCA's image-based emotion recogniser (ResNet50/): gdl/models/EmoCnnModule.py with the
+# VGGFace2 ResNet-50 of gdl/layers/losses/FRNet.py, trained with
+# gdl_apps/EmotionRecognition/training/resnet50.yaml, packaged by
+# gdl_apps/EmotionRecognition/utils/package_model.py (cfg.yaml + checkpoints/<relative path>).
+
+EMOCA_RECOGNIZER_CHECKPOINT = (
+    "checkpoints/deca-epoch=05-val_loss_total/dataloader_idx_0=1.27524424.ckpt"
+)
+VGGFACE2_IDENTITIES = 8631  # FRNet's ResNet always builds fc (8631 VGGFace2 identities)
+
+
+def emoca_recognizer_cfg(
+    folder: str = "/home/user/emoca/assets/EmotionRecognition/image_based_networks/ResNet50",
+) -> dict[str, Any]:
+    """EMOCA's emotion-recogniser ``cfg.yaml`` in its real nesting (``data``, ``model``,
+    ``learning``, ``inout``), values from resnet50.yaml, ``inout`` as package_model.py leaves
+    it."""
+    return {
+        "data": {
+            "data_class": "AffectNetEmoNetSplitModuleValTest",
+            "input_dir": "/ps/project/EmotionalFacialAnimation/data/affectnet",
+            "ignore_invalid": "like_emonet",
+            "n_expression": 8,
+            "mode": "manual",
+            "image_size": 224,
+            "scale": 1.25,
+            "face_detector": "fan",
+            "sampler": "balanced_expr",
+            "augmentation": [{"Affine": [{"scale": [0.8, 1.2]}, {"rotate": [-10.0, 10.0]}]}],
+        },
+        "model": {
+            "emodeca_type": "EmoCnnModule",
+            "backbone": "resnet50",
+            "load_pretrained": True,
+            "pretrained_weights": "/ps/scratch/rdanecek/FaceRecognition/resnet50_ft_weight.pkl",
+            "predict_expression": True,
+            "predict_valence": True,
+            "predict_arousal": True,
+            "predict_AUs": False,
+            "a_loss": {"a_mse": 1.0},
+            "v_loss": {"v_mse": 1.0},
+            "va_loss": {"va_lpcc": 1.0, "va_lccc": 1.0},
+            "exp_loss": "nll_loss",
+            "va_loss_scheme": "shake",
+            "a_activation": "none",
+            "v_activation": "none",
+            "exp_activation": "log_softmax",
+            "AU_activation": "none",
+            "expression_balancing": False,
+        },
+        "learning": {
+            "learning_rate": 0.0001,
+            "optimizer": "Adam",
+            "batch_size_train": 64,
+            "early_stopping": {"patience": 10},
+            "checkpoint_after_training": "best",
+            "max_epochs": 50,
+        },
+        "inout": {
+            "output_dir": str(Path(folder).parent),
+            "full_run_dir": folder,
+            "checkpoint_dir": f"{folder}/checkpoints",
+            "name": "EmoCnn_resnet50_shake_samp-balanced_expr_Aug_early",
+            "time": "2021_11_09_05-15-38",
+            "random_id": "-8198495972451127810",
+        },
+    }
+
+
+def emoca_recognizer_state(
+    seed: int = 0, width: int = 64, n_identities: int = VGGFACE2_IDENTITIES, n_outputs: int = 10
+) -> Any:
+    """An EmoCnnModule ``state_dict`` in registration order: ``backbone.*`` (torchvision
+    names, ``num_batches_tracked`` included, then the identity classifier ``backbone.fc``),
+    then ``linear.weight`` (8 expressions + valence + arousal, 2048 features at width 64)."""
+    features = width * 32
+    shapes = {f"backbone.{k}": v for k, v in resnet_state_shapes(width=width).items()}
+    shapes["backbone.fc.weight"] = (n_identities, features)
+    shapes["backbone.fc.bias"] = (n_identities,)
+    shapes["linear.weight"] = (n_outputs, features)
+    shapes["linear.bias"] = (n_outputs,)
+    return random_state(shapes, seed)
+
+
+def write_emoca_recognizer_folder(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    width: int = 64,
+    n_identities: int = VGGFACE2_IDENTITIES,
+    n_outputs: int = 10,
+    drop: tuple[str, ...] = (),
+    extra: dict[str, Any] | None = None,
+    checkpoint: str = EMOCA_RECOGNIZER_CHECKPOINT,
+) -> dict[str, Any]:
+    """An EMOCA emotion-recogniser folder (``ResNet50/``): ``cfg.yaml`` and a PyTorch
+    Lightning checkpoint at ``checkpoint`` (ModelCheckpoint's ``deca-{epoch:02d}-
+    {val_loss_total/dataloader_idx_0:.8f}`` name, whose ``/`` makes a sub-folder).
+
+    EmoCnnModule does not save its hyper-parameters (EMOCA passes ``config=cfg`` to
+    ``load_from_checkpoint``); the checkpoint still pickles OmegaConf ``DictConfig``s under
+    ``hyper_parameters`` so that readers are tested against them. ``width`` and
+    ``n_identities`` shrink the network for tests (real: 64 and 8631). ``drop`` removes and
+    ``extra`` adds ``state_dict`` entries. Returns ``{"state_dict", "checkpoint", "cfg"}``.
+    """
+    import torch
+    import yaml
+
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = emoca_recognizer_cfg(str(root))
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    state = emoca_recognizer_state(seed, width, n_identities, n_outputs)
+    for key in drop:
+        del state[key]
+    state.update(extra or {})
+    content = {
+        "epoch": 5,
+        "global_step": 61230,
+        "pytorch-lightning_version": "1.4.9",
+        "state_dict": state,
+        "callbacks": {
+            "ModelCheckpoint": {
+                "monitor": "val_loss_total/dataloader_idx_0",
+                "best_model_score": torch.tensor(1.27524424),
+                "best_model_path": f"{cfg['inout']['full_run_dir']}/{checkpoint}",
+            },
+            "EarlyStopping": {"wait_count": 2, "stopped_epoch": 0, "patience": 10},
+        },
+        "optimizer_states": [
+            {"state": {}, "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": [0]}]}
+        ],
+        "lr_schedulers": [],
+        "hparams_name": "kwargs",
+        "hyper_parameters": {"config": _FakeDictConfig(cfg)},
+    }
+    ckpt = root / checkpoint
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    with _fake_omegaconf():
+        torch.save(content, str(ckpt))
+    return {"state_dict": state, "checkpoint": ckpt, "cfg": cfg}

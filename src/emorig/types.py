@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "EMOTION_CLASSES",
+    "EmotionOutput",
     "FaceCode",
     "FlameOutput",
     "Fragments",
@@ -193,3 +195,43 @@ class RenderBuffers(TensorRecord):
     def condition(self) -> Tensor:
         """(B, C, H, W) the conditioning buffers concatenated in ``condition_names`` order."""
         return torch.cat([getattr(self, n) for n in self.condition_names], dim=1)
+
+
+#: AffectNet's eight expression classes, in AffectNet's (and EMOCA's) index order.
+EMOTION_CLASSES = (
+    "neutral",
+    "happy",
+    "sad",
+    "surprise",
+    "fear",
+    "disgust",
+    "anger",
+    "contempt",
+)
+
+
+@dataclass(frozen=True)
+class EmotionOutput(TensorRecord):
+    """What an emotion recogniser says about a batch of faces.
+
+    Attributes:
+        logits: (B, 8) log-probabilities over :data:`EMOTION_CLASSES` (log-softmax); a class a
+            recogniser cannot predict (FER2013 has no contempt) is ``-inf``.
+        valence_arousal: (B, 2) valence and arousal in [-1, 1], or None when the recogniser
+            does not predict them.
+        features: (B, D) the pooled features before the heads (what EMOCA's emotion
+            consistency compares).
+    """
+
+    logits: Tensor
+    valence_arousal: Tensor | None
+    features: Tensor
+
+    @property
+    def probabilities(self) -> Tensor:
+        return self.logits.exp()
+
+    @property
+    def predicted(self) -> Tensor:
+        """(B,) index of the most likely class."""
+        return self.logits.argmax(-1)
