@@ -190,9 +190,22 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0 if counts.get("done", 0) == len(results) else 1
 
 
-def cmd_train_reconstruct(args: argparse.Namespace) -> int:
+def _step_progress(total: int, desc: str):
+    """A step progress bar on stderr and the ``progress(step, total, record)`` callback that
+    moves it (showing the record's ``loss``)."""
     from tqdm import tqdm
 
+    bar = tqdm(total=total, unit="step", desc=desc, disable=None, file=sys.stderr)
+
+    def progress(step: int, _total: int, record: dict[str, float]) -> None:
+        bar.n = step
+        bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+        bar.refresh()
+
+    return bar, progress
+
+
+def cmd_train_reconstruct(args: argparse.Namespace) -> int:
     from emorig.train.recon import ReconTrainConfig, train_reconstruction
 
     overrides = {}
@@ -226,15 +239,7 @@ def cmd_train_reconstruct(args: argparse.Namespace) -> int:
         seed=args.seed,
         cpu=args.cpu,
     )
-    bar = tqdm(
-        total=cfg.steps, unit="step", desc=f"training {cfg.stage}", disable=None, file=sys.stderr
-    )
-
-    def progress(step: int, total: int, losses: dict[str, float]) -> None:
-        bar.n = step
-        bar.set_postfix(loss=f"{losses['loss']:.4f}", refresh=False)
-        bar.refresh()
-
+    bar, progress = _step_progress(cfg.steps, f"training {cfg.stage}")
     result = train_reconstruction(cfg, progress=progress)
     bar.close()
     last = result.losses.get("loss", float("nan"))
@@ -245,6 +250,134 @@ def cmd_train_reconstruct(args: argparse.Namespace) -> int:
     if result.model_folder is not None:
         print(f"model: {result.model_folder} (use with --weights)")
     return 0
+
+
+def cmd_train_emotion(args: argparse.Namespace) -> int:
+    from emorig.train.emotion import EmotionTrainConfig, train_emotion
+
+    cfg = EmotionTrainConfig(
+        out=args.out,
+        data=None if args.data == "synthetic" else args.data,
+        images_root=args.images_root,
+        init=args.init,
+        backbone=args.backbone,
+        width=args.width,
+        input_size=args.input_size,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        val_fraction=args.val_fraction,
+        val_every=args.val_every,
+        patience=args.patience,
+        augment=not args.no_augment,
+        synthetic_count=args.synthetic_count,
+        save_every=args.save_every,
+        mixed_precision=args.mixed_precision,
+        seed=args.seed,
+        cpu=args.cpu,
+    )
+    bar, progress = _step_progress(cfg.steps, "training emotion")
+    result = train_emotion(cfg, progress=progress)
+    bar.close()
+    acc = result.best.get("e_acc", float("nan"))
+    how = "stopped early" if result.stopped_early else "finished"
+    print(
+        f"emotion recogniser: {how} at step {result.step}; best validation at step "
+        f"{result.best_step} (E-ACC {acc:.3f}) in {result.seconds:.0f} s; log in {cfg.out}"
+    )
+    if result.model_folder is not None:
+        print(f"model: {result.model_folder} (use with --recognizer)")
+    return 0
+
+
+def cmd_emotion_predict(args: argparse.Namespace) -> int:
+    from emorig.emotion.predict import (
+        DONE,
+        predict_files,
+        summarise_predictions,
+        write_predictions,
+    )
+    from emorig.emotion.recognizers import load_recognizer
+    from emorig.faces.pipeline import FaceAligner, image_files
+
+    src, out = Path(args.images), Path(args.out)
+    if out.suffix.lower() not in (".csv", ".json"):
+        raise EmorigError(f"--out {out}: name a .csv or .json file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files = [f for f in image_files(src) if f.resolve() != out.resolve()]
+    if not files:
+        raise EmorigError(f"{src}: no files to predict")
+    recognizer = load_recognizer(args.recognizer, device=args.device)
+    aligner = FaceAligner(size=224, mode="deca", all_faces=args.all_faces, device=args.device)
+    rows = predict_files(files, recognizer, aligner, _progress("predicting"))
+    for r in rows:
+        if r.status != DONE:
+            print(f"{r.status}: {r.path}: {r.reason}", file=sys.stderr)
+    write_predictions(rows, out)
+    name = getattr(recognizer, "name", args.recognizer)
+    print(f"{summarise_predictions(rows)} with {name} -> {out}")
+    done = {r.path for r in rows if r.status == DONE}
+    return 0 if len(done) == len(files) else 1
+
+
+def cmd_emotion_evaluate(args: argparse.Namespace) -> int:
+    import json
+    import math
+
+    from emorig.emotion.metrics import TABLE_COLUMNS, format_table
+    from emorig.emotion.predict import evaluate_predictions, read_labels, read_predictions
+    from emorig.io.atomic import atomic_write
+
+    labels = read_labels(args.labels)
+    stems = [Path(p).stem for p in args.predictions]
+    results = {}
+    for p, stem in zip(args.predictions, stems, strict=True):
+        name = stem if stems.count(stem) == 1 else p
+        ev = evaluate_predictions(read_predictions(p), labels)
+        if not ev.metrics:
+            raise EmorigError(
+                f"{p}: no labelled image of {args.labels} has a prediction (paths are matched "
+                "exactly or by their trailing folders and file name)"
+            )
+        results[name] = (p, ev)
+    table = format_table({name: ev.metrics for name, (_, ev) in results.items()})
+    print(table)
+    missing = 0
+    for name, (_, ev) in results.items():
+        missing += len(ev.unmatched)
+        print(
+            f"{name}: {ev.n_labels} labels, {ev.n_expression} faces in E-ACC, "
+            f"{ev.n_affect} in V/A, {len(ev.unmatched)} without a prediction"
+        )
+        for path in ev.unmatched[:10]:
+            print(f"no prediction: {path}", file=sys.stderr)
+        if len(ev.unmatched) > 10:
+            print(f"... and {len(ev.unmatched) - 10} more", file=sys.stderr)
+    if args.out:
+        clean = lambda v: None if v is None or math.isnan(v) else v  # noqa: E731
+        payload = {
+            "labels": str(args.labels),
+            "columns": [h for h, _ in TABLE_COLUMNS],
+            "rows": {
+                name: {
+                    "predictions": str(p),
+                    "metrics": {k: clean(v) for k, v in ev.metrics.items()},
+                    "n_labels": ev.n_labels,
+                    "n_expression": ev.n_expression,
+                    "n_affect": ev.n_affect,
+                    "unmatched": ev.unmatched,
+                }
+                for name, (p, ev) in results.items()
+            },
+            "table": table,
+        }
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out, "w") as f:
+            json.dump(payload, f, indent=1, allow_nan=False)
+            f.write("\n")
+        print(f"metrics -> {out}")
+    return 1 if missing else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -343,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     recon.set_defaults(func=cmd_reconstruct)
 
-    train = sub.add_parser("train", help="train models (reconstruction encoders)")
+    train = sub.add_parser("train", help="train models (reconstruction encoders, emotion)")
     tsub = train.add_subparsers(dest="train_command", metavar="WHAT")
     tr = tsub.add_parser(
         "reconstruct",
@@ -392,6 +525,88 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--cpu", action="store_true", help="train on the CPU even with a GPU")
     tr.set_defaults(func=cmd_train_reconstruct)
+    te = tsub.add_parser(
+        "emotion",
+        help="train an emotion recogniser (8 classes + valence/arousal)",
+        description="Class-balanced sampling, EMOCA's augmentation and loss mix, validation "
+        "with EMOCA's metrics and early stopping; resumes from the newest checkpoint in --out "
+        "(run under 'accelerate launch -m emorig' for several GPUs). The best model is saved "
+        "to OUT/model for 'emorig emotion predict --recognizer OUT/model'.",
+    )
+    te.add_argument(
+        "--data",
+        required=True,
+        help="AffectNet-style CSV (path, expression, valence, arousal), a folder of class "
+        "sub-folders (happy/, sad/, ...), or 'synthetic' (labelled renders of the built-in "
+        "head; synthetic faces, not a model of real emotions)",
+    )
+    te.add_argument("--out", required=True, help="run folder")
+    te.add_argument("--images-root", help="folder the CSV's paths are relative to")
+    te.add_argument("--init", help="recogniser to fine-tune (emoca:DIR or an emorig folder)")
+    te.add_argument("--backbone", default="resnet50", choices=("resnet50", "resnet18"))
+    te.add_argument("--width", type=int, default=64, help="backbone stem width (64 = standard)")
+    te.add_argument("--input-size", type=int, default=224)
+    te.add_argument("--steps", type=int, default=20000)
+    te.add_argument("--batch-size", type=int, default=32)
+    te.add_argument("--lr", type=float, default=1e-4)
+    te.add_argument("--val-fraction", type=float, default=0.1)
+    te.add_argument("--val-every", type=int, default=500)
+    te.add_argument(
+        "--patience", type=int, default=10, help="validations without improvement (0: off)"
+    )
+    te.add_argument("--no-augment", action="store_true")
+    te.add_argument("--synthetic-count", type=int, default=2048, help="synthetic pool size")
+    te.add_argument("--save-every", type=int, default=500)
+    te.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+    te.add_argument("--seed", type=int, default=0)
+    te.add_argument("--cpu", action="store_true", help="train on the CPU even with a GPU")
+    te.set_defaults(func=cmd_train_emotion)
+
+    emotion = sub.add_parser(
+        "emotion", help="predict emotions of face photos and evaluate them (EMOCA's metrics)"
+    )
+    emotion.set_defaults(func=lambda _args: emotion.print_help() or 2)
+    esub = emotion.add_subparsers(dest="emotion_command", metavar="ACTION")
+    epred = esub.add_parser(
+        "predict",
+        help="8 expression probabilities, valence and arousal for every face",
+        description="Detect each face, crop it as DECA does (224 px) and run an emotion "
+        "recogniser. Writes one row per face (path, face, the 8 AffectNet class probabilities, "
+        "the top class, valence, arousal) and one per file without a face, with the reason.",
+        epilog="Exit status: 0 when every file gave a prediction, 1 when some did not (each is "
+        "listed with its reason), 2 on a usage error.",
+    )
+    epred.add_argument("images", metavar="IMAGES", help="a photo or a folder of photos")
+    epred.add_argument(
+        "--recognizer",
+        required=True,
+        metavar="SPEC",
+        help="fer, emoca:DIR (an EMOCA emotion recogniser folder) or an emorig model folder",
+    )
+    epred.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.json")
+    epred.add_argument("--all-faces", action="store_true", help="every face, not the largest")
+    epred.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    epred.set_defaults(func=cmd_emotion_predict)
+    eeval = esub.add_parser(
+        "evaluate",
+        help="EMOCA's table (V/A PCC, CCC, RMSE, SAGR; E-ACC) of predictions against labels",
+        description="Join predictions to AffectNet-style labels (CSV columns path, expression "
+        "as 0-7 or a class name, valence, arousal) on the path and print EMOCA's metrics over "
+        "the whole set. Paths match exactly or by their trailing folders and file name; for "
+        "photos with several faces the largest is used.",
+        epilog="Exit status: 0 when every labelled image had a prediction, 1 when some did "
+        "not, 2 on a usage error.",
+    )
+    eeval.add_argument(
+        "--predictions",
+        required=True,
+        action="append",
+        metavar="FILE",
+        help="a file from 'emorig emotion predict' (repeat for one table row each)",
+    )
+    eeval.add_argument("--labels", required=True, metavar="FILE", help="label CSV")
+    eeval.add_argument("--out", metavar="FILE.json", help="also write the metrics as JSON")
+    eeval.set_defaults(func=cmd_emotion_evaluate)
 
     render = sub.add_parser(
         "render",
