@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from emorig import __version__
+from emorig.cli import diffusion as diffusion_cli
+from emorig.cli import prepare as prepare_cli
+from emorig.cli import synth as synth_cli
 from emorig.errors import EmorigError
 
 EPILOG = """\
@@ -157,16 +160,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from emorig.reconstruct.pipeline import Reconstructor, load_model, reconstruct_files
 
     model, trained_for = load_model(args.model, args.weights, args.assets)
-    head_name = args.head or trained_for or "builtin"
-    if (
-        trained_for is not None
-        and head_name != trained_for
-        and not (trained_for == "flame2020" and head_name.startswith("flame"))
-    ):
-        raise EmorigError(
-            f"these weights were trained for the {trained_for} head; "
-            f"--head {head_name} does not match"
-        )
+    head_name = prepare_cli.resolve_head(args.head, trained_for)
     if head_name == "builtin":
         _say("building the built-in synthetic head (procedural, about 5 s)...")
     head = load_head(head_name, args.assets)
@@ -476,7 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     recon.set_defaults(func=cmd_reconstruct)
 
-    train = sub.add_parser("train", help="train models (reconstruction encoders, emotion)")
+    train = sub.add_parser(
+        "train", help="train models (reconstruction encoders, emotion recogniser, diffusion)"
+    )
     tsub = train.add_subparsers(dest="train_command", metavar="WHAT")
     tr = tsub.add_parser(
         "reconstruct",
@@ -561,6 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--seed", type=int, default=0)
     te.add_argument("--cpu", action="store_true", help="train on the CPU even with a GPU")
     te.set_defaults(func=cmd_train_emotion)
+    diffusion_cli.add_train_parser(tsub)
+    prepare_cli.add_parser(sub)
+    synth_cli.add_parser(sub)
+    diffusion_cli.add_edit_parser(sub)
 
     emotion = sub.add_parser(
         "emotion", help="predict emotions of face photos and evaluate them (EMOCA's metrics)"

@@ -94,16 +94,21 @@ class LabelledBatch:
 
 
 @torch.no_grad()
-def labelled_batch(
+def labelled_codes(
     renderer: FaceRenderer,
     batch: int,
     generator: torch.Generator,
-    image_size: int = 224,
     intensity: tuple[float, float] = (0.5, 1.2),
     noise: float = 0.12,
-) -> LabelledBatch:
-    """Random identities, poses, lights and backgrounds, each showing a random emotion preset
-    at a random intensity, with small random expression noise (classes drawn uniformly)."""
+    image_size: int = 224,
+) -> tuple[FaceCode, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random identities, poses and lights, each showing a random emotion preset at a random
+    intensity with small random expression noise (classes drawn uniformly), framed like a
+    DECA crop.
+
+    Returns:
+        (code, labels (B,), valence/arousal (B, 2), intensity (B,)).
+    """
     config = SynthConfig(image_size=image_size, strong_expression_prob=0.0)
     code = sample_codes(renderer, batch, config, generator)
     dev = code.expression.device
@@ -120,9 +125,6 @@ def labelled_batch(
     jitter[:, :k] = torch.randn(batch, k, generator=generator).to(dev) * noise
     code = code.replace(expression=torch.cat(expressions) + jitter, jaw_pose=torch.cat(jaws))
     code = frame_like_deca(renderer, code, config, generator)
-    out = renderer(code, image_size)
-    bg = backgrounds(batch, image_size, generator, dev)
-    images = (out.buffers.rendered * out.buffers.mask + bg * (1 - out.buffers.mask)).clamp(0, 1)
     va = torch.tensor(
         [
             [PRESETS[EMOTION_CLASSES[int(c)]].valence, PRESETS[EMOTION_CLASSES[int(c)]].arousal]
@@ -130,4 +132,21 @@ def labelled_batch(
         ],
         device=dev,
     )
-    return LabelledBatch(images, labels, va * strength[:, None].clamp(max=1.0), code)
+    return code, labels, va * strength[:, None].clamp(max=1.0), strength
+
+
+@torch.no_grad()
+def labelled_batch(
+    renderer: FaceRenderer,
+    batch: int,
+    generator: torch.Generator,
+    image_size: int = 224,
+    intensity: tuple[float, float] = (0.5, 1.2),
+    noise: float = 0.12,
+) -> LabelledBatch:
+    """:func:`labelled_codes` rendered on random backgrounds."""
+    code, labels, va, _ = labelled_codes(renderer, batch, generator, intensity, noise, image_size)
+    out = renderer(code, image_size)
+    bg = backgrounds(batch, image_size, generator, code.expression.device)
+    images = (out.buffers.rendered * out.buffers.mask + bg * (1 - out.buffers.mask)).clamp(0, 1)
+    return LabelledBatch(images, labels, va, code)

@@ -1,0 +1,489 @@
+"""Training the conditional diffusion model: one loop, stages as configuration.
+
+* ``stage1``: many faces; the denoiser and the global latent encoder learn together
+  (DiffusionRig: lr 1e-4, global batch 256, 50k steps).
+* ``stage2``: about 20 photos of one person, starting from a stage-1 model; every parameter
+  outside ``denoisingUNet.`` is frozen (the latent encoder keeps what stage 1 learnt),
+  lr 1e-5, batch 4, 5k steps (DiffusionRig's defaults).
+
+What differs between stages is data here: :data:`STAGE_DEFAULTS` and ``trainable``.
+The loop: P2-weighted epsilon loss at uniformly drawn timesteps, Adam, gradient clipping,
+optional EMA, mixed precision and 1..N processes through Accelerate. Each process takes its
+batches from an epoch-wise permutation seeded by ``(seed, epoch)``; the step alone fixes what
+a step sees (data order, timesteps, noise), so a run resumed from a checkpoint continues
+exactly as an uninterrupted one (``kill -9`` loses at most ``save_every`` steps).
+
+DiffusionRig-EMO adds (all off by default, see ``docs/diffusionrig-emo.md``):
+``expression_dim`` (an expression encoder conditioning the denoiser next to the global
+latent, zero effect at initialisation) and ``emotion_weight`` (EMOCA's emotion-consistency
+loss between the training image and the model's predicted clean image).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from emorig.diffusion.config import RigConfig
+from emorig.diffusion.model import RigModel
+from emorig.diffusion.schedule import NoiseSchedule, epsilon_loss
+from emorig.errors import EmorigError
+from emorig.io.atomic import atomic_write
+from emorig.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+__all__ = [
+    "STAGE_DEFAULTS",
+    "RigTrainConfig",
+    "RigTrainResult",
+    "build_rig",
+    "train_rig",
+]
+
+#: Per-stage defaults (DiffusionRig's README and train.py).
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "stage1": {"lr": 1e-4, "batch_size": 32, "steps": 50_000, "trainable": ("",)},
+    "stage2": {"lr": 1e-5, "batch_size": 4, "steps": 5_000, "trainable": ("denoisingUNet.",)},
+}
+
+#: Architecture presets by name; ``official`` is DiffusionRig's released configuration.
+MODEL_PRESETS = ("official", "small", "tiny")
+
+
+def model_preset(name: str, image_size: int, condition: tuple[str, ...]) -> RigConfig:
+    """A :class:`RigConfig` for a preset at ``image_size``.
+
+    ``official``: DiffusionRig's (~100M parameters at 256). ``small``: the same design with
+    32 base channels, one block per level and a slim latent encoder, for CPU training at 64 px.
+    ``tiny``: the test model (32 px).
+    """
+    if name == "official":
+        return RigConfig.official(image_size, condition_names=condition)
+    if name == "small":
+        levels = max(2, int(math.log2(image_size // 8)) + 1)
+        mult = (1, 2, 2, 4, 4, 4, 4)[:levels]
+        return RigConfig(
+            image_size=image_size,
+            channels=32,
+            channel_mult=mult,
+            num_res_blocks=1,
+            attention_resolutions=(16,) if image_size >= 32 else (),
+            dropout=0.0,
+            norm_groups=8,
+            condition_names=condition,
+            latent_dim=64,
+            encoder_width=16,
+        )
+    if name == "tiny":
+        return RigConfig.tiny(image_size=image_size, condition_names=condition)
+    raise EmorigError(f"unknown model preset '{name}'; choose {', '.join(MODEL_PRESETS)}")
+
+
+@dataclass(frozen=True)
+class RigTrainConfig:
+    """Everything a diffusion training run needs; saved in every checkpoint.
+
+    Attributes:
+        stage: ``"stage1"`` or ``"stage2"``.
+        data: a folder made by ``emorig prepare`` (or ``emorig synth --prepare``).
+        out: run folder (checkpoints, ``losses.jsonl``, ``samples/``, ``model/``).
+        init: weights to start from: an emorig model folder, DiffusionRig's ``model*.pt``,
+            or None (random; stage 1 only).
+        model: architecture preset for a new model (:data:`MODEL_PRESETS`); ignored with
+            ``init``.
+        model_overrides: :class:`RigConfig` fields changed on the preset.
+        steps, batch_size, lr: per process; None takes :data:`STAGE_DEFAULTS`.
+        trainable: parameter-name prefixes that train (``""`` = all); None = the stage's.
+        grad_clip: gradient-norm clip (DiffusionRig: 1.0).
+        ema: EMA decay of the weights (0 = off, DiffusionRig); the exported model is the EMA.
+        p2_k, p2_gamma: P2 weighting (DiffusionRig: 1, 1; gamma 0 = plain MSE).
+        expression_dim: DiffusionRig-EMO's expression conditioning (0 = off).
+        expression_source: what the expression encoder reads: ``"code"`` (FLAME expression
+            + jaw of the buffers) or ``"emotion"`` (the emotion recogniser's features of the
+            image).
+        emotion_weight: weight of the emotion-consistency loss on the predicted x0 (0 = off).
+        recognizer: emotion recogniser for ``emotion_weight`` / ``expression_source=emotion``
+            (:func:`emorig.emotion.recognizers.load_recognizer` spec).
+        sample_every, sample_steps: sample grid period and its DDIM respacing.
+        mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (Accelerate).
+    """
+
+    stage: str
+    data: str
+    out: str
+    init: str | None = None
+    model: str = "official"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    trainable: tuple[str, ...] | None = None
+    grad_clip: float = 1.0
+    ema: float = 0.0
+    p2_k: float = 1.0
+    p2_gamma: float = 1.0
+    expression_dim: int = 0
+    expression_source: str = "code"
+    emotion_weight: float = 0.0
+    recognizer: str | None = None
+    save_every: int = 500
+    log_every: int = 10
+    sample_every: int = 1000
+    sample_steps: str = "ddim20"
+    keep: int = 2
+    mixed_precision: str = "no"
+    seed: int = 0
+    cpu: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGE_DEFAULTS:
+            raise EmorigError(f"unknown stage '{self.stage}'; choose stage1 or stage2")
+        if self.trainable is not None:
+            object.__setattr__(self, "trainable", tuple(self.trainable))
+        if self.stage == "stage2" and self.init is None:
+            raise EmorigError("stage 2 personalises a stage-1 model: pass --init")
+        if self.expression_source not in ("code", "emotion"):
+            raise EmorigError("expression source: choose code or emotion")
+        uses_emotion = self.emotion_weight > 0 or (
+            self.expression_dim > 0 and self.expression_source == "emotion"
+        )
+        if uses_emotion and self.recognizer is None:
+            raise EmorigError(
+                "the emotion loss and emotion-feature conditioning need --recognizer "
+                "(fer, emoca:DIR or a trained recogniser folder)"
+            )
+        if not 0.0 <= self.ema < 1.0:
+            raise EmorigError(f"ema {self.ema}: choose a decay in [0, 1)")
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise EmorigError(f"{name} must be positive")
+
+    def resolved(self, name: str) -> Any:
+        value = getattr(self, name)
+        return STAGE_DEFAULTS[self.stage][name] if value is None else value
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RigTrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+def load_rig(path: str, device: torch.device | str = "cpu") -> RigModel:
+    """An emorig model folder or DiffusionRig's official ``model*.pt``."""
+    from emorig.diffusion.official import load_official
+    from emorig.diffusion.pretrained import load_pretrained
+
+    p = Path(path)
+    if p.is_dir():
+        return load_pretrained(p, device=device)
+    return load_official(p, device=device)
+
+
+def build_rig(
+    cfg: RigTrainConfig, condition: tuple[str, ...], image_size: int, expression_input: int = 0
+) -> RigModel:
+    """The model a run starts from (before any checkpoint is restored).
+
+    ``expression_input`` is the size of the expression encoder's input (DiffusionRig-EMO)."""
+    from emorig.diffusion.model import with_expression
+
+    if cfg.init is not None:
+        model = load_rig(cfg.init)
+        if model.config.condition_names != condition:
+            raise EmorigError(
+                f"{cfg.init} is conditioned on {'+'.join(model.config.condition_names)}, the "
+                f"data on {'+'.join(condition)}"
+            )
+        if cfg.model_overrides:
+            raise EmorigError("model overrides apply to new models only (drop --init)")
+        if cfg.expression_dim and not model.config.expression_dim:
+            model = with_expression(
+                model, cfg.expression_dim, expression_input, cfg.expression_source
+            )
+        elif cfg.expression_dim and (
+            model.config.expression_input_dim != expression_input
+            or model.config.expression_source != cfg.expression_source
+        ):
+            raise EmorigError(
+                f"{cfg.init} reads a {model.config.expression_input_dim}-d "
+                f"{model.config.expression_source} expression input; this run gives a "
+                f"{expression_input}-d {cfg.expression_source} one"
+            )
+        return model.train()
+    config = model_preset(cfg.model, image_size, condition)
+    try:
+        config = config.replace(**cfg.model_overrides).replace(
+            expression_dim=cfg.expression_dim,
+            expression_input_dim=expression_input if cfg.expression_dim else 0,
+            expression_source=cfg.expression_source,
+        )
+    except (TypeError, ValueError) as err:
+        raise EmorigError(f"model settings: {err}") from None
+    return RigModel(config)
+
+
+def train_mode(model: nn.Module) -> None:
+    """Training mode, except for sub-modules with nothing to train: those stay in eval mode
+    so a frozen latent encoder also keeps its batch-norm statistics (DiffusionRig's stage 2
+    only stops their gradients, letting the statistics drift towards the album)."""
+    model.train()
+    for module in model.modules():
+        params = list(module.parameters(recurse=True))
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
+
+
+def set_trainable(model: nn.Module, prefixes: tuple[str, ...]) -> list[nn.Parameter]:
+    """Freeze every parameter whose name starts with none of ``prefixes``; return the rest."""
+    out = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(name.startswith(pre) for pre in prefixes))
+        if p.requires_grad:
+            out.append(p)
+    if not out:
+        raise EmorigError(f"no parameter name starts with {list(prefixes)}: nothing to train")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Data order
+
+
+def step_indices(n: int, batch: int, step: int, rank: int, world: int, seed: int) -> list[int]:
+    """The items of one process's batch at ``step``: consecutive slices of per-epoch
+    permutations (seeded by ``(seed, epoch)``), so every item is seen once per epoch and a
+    step's batch depends on nothing but its arguments."""
+    start = (step * world + rank) * batch
+    out = []
+    for pos in range(start, start + batch):
+        epoch, offset = divmod(pos, n)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        out.append(int(torch.randperm(n, generator=g)[offset]))
+    return out
+
+
+def _collate(dataset, indices: list[int], device) -> dict[str, Any]:
+    items = [dataset[i] for i in indices]
+    batch: dict[str, Any] = {
+        "image": torch.stack([it["image"] for it in items]).to(device),
+        "condition": torch.stack([it["condition"] for it in items]).to(device),
+        "mask": torch.stack([it["mask"] for it in items]).to(device),
+        "crop_transform": torch.stack([it["crop_transform"] for it in items]).to(device),
+    }
+    if "code" in items[0]:
+        batch["code"] = {
+            k: torch.stack([it["code"][k] for it in items]).to(device) for k in items[0]["code"]
+        }
+    return batch
+
+
+class _InMemory:
+    """A whole (small) prepared set in RAM, as DiffusionRig's stage 2 keeps its album."""
+
+    def __init__(self, dataset):
+        self.items = [dataset[i] for i in range(len(dataset))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass(frozen=True)
+class RigTrainResult:
+    step: int
+    losses: dict[str, float]
+    checkpoint: Path | None
+    model_folder: Path | None
+    seconds: float
+
+
+def _ema_update(ema: dict[str, Tensor], model: nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+            else:
+                ema[k].copy_(v)
+
+
+def train_rig(
+    cfg: RigTrainConfig,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    stop_after: int | None = None,
+) -> RigTrainResult:
+    """Run (or resume) a diffusion training stage.
+
+    Resumes from the newest checkpoint in ``cfg.out`` (its config must match except
+    ``steps``). ``stop_after`` ends this call after that many steps (tests use it to simulate
+    a kill). The final model is written with ``save_pretrained`` to ``cfg.out/model``.
+    """
+    from accelerate import Accelerator
+
+    from emorig.diffusion.pretrained import save_pretrained
+    from emorig.train.dataset import CONDITION_NAMES, BufferDataset
+    from emorig.train.emo import EmoTerms
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu)
+    device = accelerator.device
+    steps, batch_size, lr = (cfg.resolved(n) for n in ("steps", "batch_size", "lr"))
+    prefixes = cfg.resolved("trainable")
+    dataset = BufferDataset(cfg.data, condition=CONDITION_NAMES, codes=True)
+    if len(dataset) < 1:
+        raise EmorigError(f"{cfg.data}: the prepared set is empty")
+    data = _InMemory(dataset) if cfg.stage == "stage2" or len(dataset) <= 512 else dataset
+    emo = EmoTerms.build(cfg, device)
+    expression_input = emo.input_dim(dataset.manifest.code_fields) if cfg.expression_dim else 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = build_rig(cfg, tuple(CONDITION_NAMES), dataset.size, expression_input)
+    if model.config.image_size != dataset.size:
+        raise EmorigError(
+            f"the model works at {model.config.image_size} px, {cfg.data} at {dataset.size} px"
+        )
+    trainable = set_trainable(model, tuple(prefixes))
+    optimizer = torch.optim.Adam(trainable, lr=lr)
+    schedule = NoiseSchedule.linear()
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.ema > 0 else None
+    start = 0
+    resume = latest_checkpoint(out)
+    if resume is not None:
+        state = load_checkpoint(resume)
+        saved = RigTrainConfig.from_dict(state["config"])
+        if dataclasses.replace(saved, steps=cfg.steps) != cfg:
+            raise EmorigError(
+                f"{resume}: belongs to a run with another configuration; use a new --out "
+                "folder or the same settings"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema = state["ema"]
+        start = int(state["step"])
+    train_mode(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw: RigModel = accelerator.unwrap_model(model)
+    if ema is not None:
+        ema = {k: v.to(device) for k, v in ema.items()}
+    rank, world = accelerator.process_index, accelerator.num_processes
+    end = steps if stop_after is None else min(steps, start + stop_after)
+    sample_batch = _collate(data, list(range(min(4, len(data)))), device)
+    log_path = out / "losses.jsonl"
+    last: dict[str, float] = {}
+    checkpoint = None
+    for step in range(start, end):
+        idx = step_indices(len(data), batch_size, step, rank, world, cfg.seed)
+        batch = _collate(data, idx, device)
+        g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 131 + rank)
+        t = schedule.sample_timesteps(len(idx), generator=g).to(device)
+        noise = torch.randn(batch["image"].shape, generator=g).to(device)
+        x_t = schedule.q_sample(batch["image"], t, noise)
+        with accelerator.autocast():
+            expression = emo.expression_input(batch)
+            eps = model(x_t, t, batch["condition"], x_start=batch["image"], expression=expression)
+            terms = {
+                "diffusion": epsilon_loss(
+                    eps.float(), noise, t, schedule, p2_k=cfg.p2_k, p2_gamma=cfg.p2_gamma
+                ).mean()
+            }
+            terms.update(emo.losses(batch, x_t, t, eps, schedule))
+            loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            raise EmorigError(f"step {step}: the loss is {float(loss)}; lower --lr or check data")
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        if cfg.grad_clip:
+            accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            _ema_update(ema, raw, cfg.ema)
+        last = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+        done = step + 1
+        if accelerator.is_main_process:
+            if done % cfg.log_every == 0 or done == end:
+                out.mkdir(parents=True, exist_ok=True)
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({"step": done, **last}) + "\n")
+            if progress is not None:
+                progress(done, steps, last)
+            if done % cfg.sample_every == 0 or done == steps:
+                write_sample_grid(
+                    raw, emo, sample_batch, schedule, cfg, out / "samples" / f"step-{done:08d}.png"
+                )
+                train_mode(raw)
+            if done % cfg.save_every == 0 or done == end:
+                extra = {} if ema is None else {"ema": ema}
+                checkpoint = save_checkpoint(
+                    out,
+                    done,
+                    {"model": raw.state_dict(), "optimizer": optimizer.state_dict(), **extra},
+                    cfg.to_dict(),
+                    keep=cfg.keep,
+                )
+        accelerator.wait_for_everyone()
+    folder = None
+    if accelerator.is_main_process and end == steps:
+        final = raw
+        if ema is not None:
+            final = RigModel(raw.config)
+            final.load_state_dict(ema)
+        folder = save_pretrained(final, out / "model")
+        with atomic_write(folder / "training.json", "w") as f:
+            json.dump({"config": cfg.to_dict(), "steps": steps, "data": str(cfg.data)}, f, indent=1)
+    return RigTrainResult(end, last, checkpoint, folder, time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def write_sample_grid(
+    model: RigModel, emo, batch: dict[str, Any], schedule: NoiseSchedule, cfg, path: Path
+) -> None:
+    """Lambertian buffer | training image | DDIM sample from fixed noise, one row per item."""
+    from emorig.diffusion.sampling import ddim_sample
+    from emorig.io.images import contact_sheet, save_png, to_uint8
+
+    was = model.training
+    model.eval()
+    image, cond = batch["image"], batch["condition"]
+    latent = model.encode(image)
+    expression = emo.expression_input(batch)
+    g = torch.Generator().manual_seed(cfg.seed)
+    noise = torch.randn(image.shape, generator=g).to(image.device)
+
+    def denoise(x: Tensor, t: Tensor) -> Tensor:
+        return model(x, t, cond, latent=latent, expression=expression)
+
+    sample = ddim_sample(denoise, noise, schedule, cfg.sample_steps)
+    model.train(was)
+    rows = []
+    for i in range(image.shape[0]):
+        rows.append(
+            [
+                to_uint8(cond[i, :3].clamp(0, 1)),
+                to_uint8((image[i] + 1) / 2),
+                to_uint8(((sample[i] + 1) / 2).clamp(0, 1)),
+            ]
+        )
+    save_png(contact_sheet(rows, column_labels=["buffer", "image", "sample"]), path)

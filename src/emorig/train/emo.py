@@ -1,0 +1,131 @@
+"""DiffusionRig-EMO's additions to diffusion training: the expression encoder's input and the
+emotion-consistency loss on the model's predicted clean image.
+
+Expression input (``expression_source``):
+
+* ``"code"``: the FLAME expression coefficients and jaw rotation the buffers were rendered
+  with (``code.expression`` ++ ``code.jaw_pose``). Available for any edit (a target photo's
+  code, or a code found for a requested emotion), so editing stays consistent with training.
+* ``"emotion"``: the emotion recogniser's pooled features of the face crop of the image
+  (EMOCA's ``emo_feat_2``). Carries appearance cues the FLAME code misses (wrinkles, eye
+  squint), but at edit time needs an image that shows the wanted expression.
+
+Emotion loss: ``L_emo = w · mean_i ᾱ(t_i) · mean_j (f(x̂0_i)_j − f(x_i)_j)²``, with ``f`` the
+frozen recogniser on the DECA-style face crop (through the stored crop transform), ``x̂0``
+the clean image predicted from the noise estimate (clipped to [-1, 1]) and ``ᾱ(t)`` the signal
+fraction, which weights low-noise steps, where ``x̂0`` is sharp enough for a recogniser.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from emorig.diffusion.schedule import NoiseSchedule
+from emorig.errors import EmorigError
+
+__all__ = ["EmoTerms", "code_expression_input", "face_crops"]
+
+CROP = 224
+
+
+def code_expression_input(code: dict[str, Tensor]) -> Tensor:
+    """(B, E + 3) FLAME expression coefficients followed by the jaw rotation (axis-angle)."""
+    return torch.cat([code["expression"], code["jaw_pose"]], dim=1).float()
+
+
+def face_crops(images: Tensor, crop_transform: Tensor, size: int = CROP) -> Tensor:
+    """DECA-style face crops of aligned images.
+
+    Args:
+        images: (B, 3, S, S) in [0, 1].
+        crop_transform: (B, 3, 3) image pixels -> 224-crop pixels (as stored by
+            ``emorig prepare``), continuous pixel coordinates.
+        size: output side; the transform is rescaled from 224.
+
+    Returns:
+        (B, 3, size, size) in [0, 1].
+    """
+    import kornia
+
+    m = crop_transform.to(images.dtype)
+    if size != CROP:
+        scale = torch.diag(torch.tensor([size / CROP, size / CROP, 1.0], dtype=m.dtype))
+        m = scale.to(m.device) @ m
+    # kornia's warp uses pixel-centre coordinates (pixel i at i); ours are continuous
+    # (pixel i spans [i, i + 1)): shift in, apply, shift out.
+    shift = torch.eye(3, dtype=m.dtype, device=m.device)
+    shift[0, 2] = shift[1, 2] = 0.5
+    unshift = torch.eye(3, dtype=m.dtype, device=m.device)
+    unshift[0, 2] = unshift[1, 2] = -0.5
+    m = unshift @ m @ shift
+    return kornia.geometry.transform.warp_affine(
+        images, m[:, :2], (size, size), mode="bilinear", padding_mode="zeros"
+    ).clamp(0, 1)
+
+
+@dataclass
+class EmoTerms:
+    """The expression input and emotion loss of a run (all inert for plain DiffusionRig)."""
+
+    expression_dim: int
+    source: str
+    weight: float
+    recognizer: nn.Module | None
+
+    @classmethod
+    def build(cls, cfg: Any, device: torch.device) -> EmoTerms:
+        recognizer = None
+        needs = cfg.emotion_weight > 0 or (
+            cfg.expression_dim > 0 and cfg.expression_source == "emotion"
+        )
+        if needs:
+            from emorig.emotion.recognizers import load_recognizer
+
+            recognizer = load_recognizer(cfg.recognizer, device=device)
+            recognizer.requires_grad_(False)
+        return cls(cfg.expression_dim, cfg.expression_source, cfg.emotion_weight, recognizer)
+
+    def input_dim(self, code_fields: dict[str, tuple[int, ...]]) -> int:
+        """Size of the raw expression input for the data's code layout."""
+        if self.source == "emotion":
+            assert self.recognizer is not None
+            return int(self.recognizer.feature_dim)
+        return int(code_fields["expression"][-1]) + int(code_fields["jaw_pose"][-1])
+
+    def expression_input(self, batch: dict[str, Any]) -> Tensor | None:
+        """(B, D) what the expression encoder reads for a batch, or None when it is off."""
+        if not self.expression_dim:
+            return None
+        if self.source == "code":
+            if "code" not in batch:
+                raise EmorigError("code-based expression conditioning needs the data's codes")
+            return code_expression_input(batch["code"])
+        assert self.recognizer is not None
+        with torch.no_grad():
+            crops = face_crops((batch["image"] + 1) / 2, batch["crop_transform"])
+            return self.recognizer(crops).features.float()
+
+    def losses(
+        self,
+        batch: dict[str, Any],
+        x_t: Tensor,
+        t: Tensor,
+        eps: Tensor,
+        schedule: NoiseSchedule,
+    ) -> dict[str, Tensor]:
+        """``{"emotion": L_emo}`` when the emotion loss is on, else ``{}``."""
+        if self.weight <= 0:
+            return {}
+        assert self.recognizer is not None
+        x0 = schedule.predict_x0(x_t, t, eps.float()).clamp(-1, 1)
+        transform = batch["crop_transform"]
+        generated = self.recognizer(face_crops((x0 + 1) / 2, transform)).features
+        with torch.no_grad():
+            reference = self.recognizer(face_crops((batch["image"] + 1) / 2, transform)).features
+        per_item = (generated.float() - reference.float()).pow(2).mean(dim=1)
+        signal = schedule.alpha_bar(t, per_item).reshape(-1).to(per_item.dtype)
+        return {"emotion": self.weight * (signal * per_item).mean()}
