@@ -1,0 +1,343 @@
+"""``emorig evaluate``: flags -> :func:`emorig.evaluate.protocol.evaluate_model` and
+:func:`emorig.evaluate.report.write_report`; ``emorig evaluate now``: NoW-style scan-to-mesh
+error of one reconstruction."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from emorig.errors import EmorigError
+
+DESCRIPTION = """\
+Evaluate a DiffusionRig(-EMO) model's edits, ControlFace-style: for --pairs (source, target)
+pairs of a prepared folder (seeded, source != target) each mode (exp, pose, light) edits the
+source; the edited image is reconstructed again with a DECA-format encoder
+(--reconstructor-weights, on the DECA face crops) and compared with the requested code: the
+source's code with the target's expression + jaw, head rotation or SH light. Reference rows
+show the floor: the unedited sample and the data image itself. Identity: shape codes (shape,
+synthetic data) or dlib descriptors (dlib, photos). Optional: emotion accuracy of emotion
+edits (--emotions), multi-view consistency (--multiview, a prepared multiview folder from
+'emorig synth --mode multiview --prepared') and FID (--fid-network).
+
+Writes OUT/report.html (self-contained: images embedded, opens offline) and OUT/report.json.
+
+'emorig evaluate now --scan S.obj --scan-landmarks S.txt --mesh M.obj --mesh-landmarks M.txt'
+prints the NoW-style scan-to-mesh error (7-landmark similarity alignment, exact
+point-to-surface distances) instead."""
+
+NOW_DESCRIPTION = """\
+NoW-style reconstruction error of one scan: the predicted mesh is aligned to the scan by the
+similarity transform mapping its 7 landmarks (four eye corners, nose tip, two mouth corners;
+one 'x y z' line each) onto the scan's, optionally refined with --icp rounds, then every scan
+point's distance to the mesh surface is measured. Prints mean, median and std in the scan's
+units (NoW: millimetres)."""
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _progress():
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, disable=None, file=sys.stderr)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def parse_emotions(text: str | None) -> list[str] | None:
+    """``"all"`` -> every class; ``"happy,sad"`` -> those (checked); None -> None."""
+    from emorig.types import EMOTION_CLASSES
+
+    if text is None:
+        return None
+    if text.strip() == "all":
+        return list(EMOTION_CLASSES)
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in EMOTION_CLASSES]
+    if bad or not names:
+        raise EmorigError(
+            f"--emotions {text!r}: 'all' or a comma list of {', '.join(EMOTION_CLASSES)}"
+        )
+    return names
+
+
+def load_reconstructor(weights: str | None, head: str, assets: str | None, device):
+    """The re-reconstruction callable for ``head``'s codes from an encoder (emorig folder,
+    DECA's ``deca_model.tar`` or an EMOCA folder)."""
+    from emorig.cli.prepare import resolve_head
+    from emorig.evaluate.protocol import encoder_reconstructor
+    from emorig.reconstruct.pipeline import load_model
+
+    if weights is None and head == "builtin":
+        # The encoder this project trained on 64 px synthetic faces (emorig/weights/demo).
+        from emorig.demo import ENCODER_NAME, packaged_weights
+
+        weights = str(packaged_weights(ENCODER_NAME))
+    if weights is not None and not Path(weights).exists():
+        raise EmorigError(f"--reconstructor-weights {weights}: not found")
+    model, trained_for = load_model("deca", weights, assets)
+    resolve_head(head, trained_for)  # refuses weights trained for another head
+    return encoder_reconstructor(model.to(device))
+
+
+def _predictor(kind: str, renderer, head: str, recognizer: str | None, device):
+    from emorig.edit.emotion import RenderedPredictor, train_code_predictor
+
+    if kind == "auto":
+        kind = "codes" if head == "builtin" else "rendered"
+    if kind == "codes":
+        if head != "builtin":
+            raise EmorigError(
+                "the code-space emotion predictor is trained on built-in-head codes; use "
+                "--emotion-predictor rendered with --recognizer for FLAME heads"
+            )
+        _say("training the code-space emotion predictor (synthetic codes)...")
+        return train_code_predictor(renderer).to(device)
+    from emorig.emotion.recognizers import load_recognizer
+
+    if recognizer is None:
+        raise EmorigError("--emotion-predictor rendered needs --recognizer")
+    return RenderedPredictor(renderer, load_recognizer(recognizer, device=device))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from emorig.evaluate.protocol import evaluate_model
+    from emorig.evaluate.report import write_report
+    from emorig.train.dataset import BufferDataset
+
+    missing = [f for f in ("model", "data", "out") if getattr(args, f) is None]
+    if missing:
+        flags = ", ".join(f"--{m}" for m in missing)
+        raise EmorigError(f"emorig evaluate needs {flags} (or use 'emorig evaluate now')")
+    started = time.perf_counter()
+    emotions = parse_emotions(args.emotions)
+    data = BufferDataset(args.data)
+    head = data.manifest.settings.head
+    multiview = None if args.multiview is None else BufferDataset(args.multiview)
+    if multiview is not None and multiview.manifest.settings.head != head:
+        raise EmorigError(
+            f"--multiview codes belong to the {multiview.manifest.settings.head} head, --data's "
+            f"to {head}"
+        )
+    reconstruct = load_reconstructor(args.reconstructor_weights, head, args.assets, args.device)
+    identity = args.identity
+    if identity == "auto":
+        identity = "shape" if data.manifest.settings.synthetic_head else "dlib"
+
+    from emorig.flame.heads import load_head
+    from emorig.render.face import FaceRenderer
+    from emorig.train.diffusion import load_rig
+
+    model = load_rig(args.model, device=args.device)
+    if model.config.image_size != data.size:
+        raise EmorigError(
+            f"the model works at {model.config.image_size} px; --data is {data.size} px "
+            f"(prepare it with --size {model.config.image_size})"
+        )
+    if head == "builtin":
+        _say("building the built-in synthetic head (procedural, about 5 s)...")
+    renderer = FaceRenderer(load_head(head, args.assets)).to(args.device)
+    expression_input = None
+    if model.config.expression_dim:
+        from emorig.edit.emotion import expression_input_for
+
+        expression_input = expression_input_for(model, args.recognizer, args.device)
+    predictor = None
+    if emotions:
+        predictor = _predictor(args.emotion_predictor, renderer, head, args.recognizer, args.device)
+    evaluation = evaluate_model(
+        model,
+        data,
+        renderer=renderer,
+        reconstruct=reconstruct,
+        modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
+        emotions=emotions,
+        multiview=multiview,
+        pairs=args.pairs,
+        seed=args.seed,
+        steps=args.steps,
+        invert=args.invert,
+        identity=identity,
+        predictor=predictor,
+        fid_network=args.fid_network,
+        fid_size=args.fid_size,
+        progress=_progress(),
+        expression_input=expression_input,
+        batch_size=args.batch_size,
+        multiview_groups=args.multiview_groups,
+        metadata={
+            "model": str(args.model),
+            "reconstructor_weights": args.reconstructor_weights,
+        },
+    )
+    title = args.title or f"emorig evaluation: {Path(args.model).name}"
+    path = write_report(
+        evaluation, args.out, title=title, subtitle=f"model {args.model}, data {args.data}"
+    )
+    for row in evaluation.errors:
+        if row.primary is not None:
+            print(f"{row.name:>6}: {row.primary} {row.primary_value:.4g}")
+    if evaluation.emotion is not None:
+        e = evaluation.emotion
+        print(f"emotion accuracy {e.accuracy:.3f} (requested codes {e.requested_accuracy:.3f})")
+    if evaluation.multiview is not None:
+        m = evaluation.multiview
+        print(
+            f"multi-view spread {m.row('edited').mean:.4g} (unedited {m.row('unedited').mean:.4g})"
+        )
+    if evaluation.fid is not None:
+        print(f"FID {evaluation.fid:.4g}")
+    synthetic = " (SYNTHETIC data)" if evaluation.synthetic else ""
+    print(f"report{synthetic} -> {path} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _landmarks(path: str, flag: str):
+    import numpy as np
+
+    try:
+        values = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except OSError:
+        raise EmorigError(f"{flag} {path}: not found or unreadable") from None
+    except ValueError as err:
+        raise EmorigError(f"{flag} {path}: not a table of numbers ({err})") from None
+    if values.shape != (7, 3):
+        raise EmorigError(f"{flag} {path}: expected 7 lines of 'x y z', got {values.shape}")
+    return values
+
+
+def cmd_now(args: argparse.Namespace) -> int:
+    import torch
+
+    from emorig.evaluate.metrics import now_scan_to_mesh_error
+    from emorig.io.obj import read_obj
+
+    scan_points, _, _ = read_obj(args.scan)
+    vertices, faces, _ = read_obj(args.mesh)
+    if len(faces) == 0:
+        raise EmorigError(f"--mesh {args.mesh}: the mesh has no faces")
+    result = now_scan_to_mesh_error(
+        torch.as_tensor(scan_points, dtype=torch.float64),
+        torch.as_tensor(_landmarks(args.scan_landmarks, "--scan-landmarks")),
+        torch.as_tensor(vertices, dtype=torch.float64),
+        torch.as_tensor(faces),
+        torch.as_tensor(_landmarks(args.mesh_landmarks, "--mesh-landmarks")),
+        icp_iterations=args.icp,
+    )
+    print(f"mean {result.mean:.6g}")
+    print(f"median {result.median:.6g}")
+    print(f"std {result.std:.6g}")
+    if args.json:
+        from emorig.io.atomic import atomic_write
+
+        record = {
+            "scan": str(args.scan),
+            "mesh": str(args.mesh),
+            "mean": result.mean,
+            "median": result.median,
+            "std": result.std,
+            "points": int(result.distances.numel()),
+            "icp_iterations": args.icp,
+            "scale": result.alignment.scale,
+        }
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out, "w") as f:
+            json.dump(record, f, indent=1)
+            f.write("\n")
+    return 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``evaluate`` (and ``evaluate now``) to an ``add_subparsers()`` object."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="evaluate edits (code errors, identity, emotion, multi-view, FID) into a report; "
+        "'evaluate now': NoW-style scan-to-mesh error",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", help="an emorig model folder or DiffusionRig's model*.pt")
+    p.add_argument("--data", help="prepared folder the (source, target) pairs come from")
+    p.add_argument("--out", metavar="DIR", help="report folder (report.html, report.json)")
+    p.add_argument("--multiview", metavar="DATA", help="prepared multi-view folder (consistency)")
+    p.add_argument(
+        "--multiview-groups", type=int, metavar="G", help="only the first G groups (all)"
+    )
+    p.add_argument("--pairs", type=int, default=16, help="(source, target) pairs (16)")
+    p.add_argument("--modes", default="exp,pose,light", help="comma list (exp,pose,light)")
+    p.add_argument(
+        "--emotions",
+        metavar="all|happy,sad,...",
+        help="emotion accuracy for these requested emotions (intensity 1); default: skipped",
+    )
+    p.add_argument(
+        "--emotion-predictor",
+        default="auto",
+        choices=("auto", "codes", "rendered"),
+        help="finds and classifies expressions: codes (an EmoDECA MLP trained on built-in "
+        "head codes, seconds), rendered (--recognizer on renders); auto: codes on the "
+        "built-in head",
+    )
+    p.add_argument(
+        "--reconstructor-weights",
+        metavar="FOLDER",
+        help="encoder that re-reconstructs the edits on their DECA face crops: an emorig "
+        "DECA-format encoder folder, DECA's deca_model.tar or an EMOCA folder (default: on the "
+        "built-in head the 64 px encoder shipped with emorig, on FLAME heads deca_model.tar "
+        "from the assets)",
+    )
+    p.add_argument(
+        "--identity",
+        default="auto",
+        choices=("auto", "shape", "dlib"),
+        help="identity preservation by shape codes (synthetic data) or dlib face descriptors "
+        "(photos); auto: shape on synthetic data, else dlib",
+    )
+    p.add_argument("--fid-network", metavar="FILE", help="feature network (.pt2 / TorchScript)")
+    p.add_argument("--fid-size", type=int, help="resize to this side for the FID network")
+    p.add_argument("--steps", default="ddim20", help="DDIM respacing (ddim20)")
+    p.add_argument("--invert", action="store_true", help="start from the sources' inversions")
+    p.add_argument("--seed", type=int, default=0, help="seed of pairs and noise (0)")
+    p.add_argument("--batch-size", type=int, default=8, help="faces edited at once (8)")
+    p.add_argument(
+        "--recognizer", help="emotion recogniser (EMO models reading features; --emotion-"
+        "predictor rendered)"
+    )  # fmt: skip
+    p.add_argument("--title", help="report title")
+    p.add_argument("--assets", metavar="DIR", help="asset folder (default: $EMORIG_HOME)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    p.set_defaults(func=cmd_evaluate)
+
+    sub = p.add_subparsers(dest="evaluate_command", metavar="{now}")
+    now = sub.add_parser(
+        "now",
+        help="NoW-style scan-to-mesh error of one reconstruction",
+        description=NOW_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    now.add_argument("--scan", required=True, help="the scan (.obj, points or mesh)")
+    now.add_argument("--scan-landmarks", required=True, help="7 lines 'x y z' on the scan")
+    now.add_argument("--mesh", required=True, help="the predicted mesh (.obj)")
+    now.add_argument("--mesh-landmarks", required=True, help="7 lines 'x y z' on the mesh")
+    now.add_argument("--icp", type=int, default=0, help="rounds of ICP refinement (0)")
+    now.add_argument("--json", metavar="FILE", help="also write the numbers here")
+    now.set_defaults(func=cmd_now)
+    return p
+
+
+__all__ = ["add_parser", "cmd_evaluate", "cmd_now", "load_reconstructor", "parse_emotions"]
