@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from emorig import __version__
+from emorig.cli import demo as demo_cli
 from emorig.cli import diffusion as diffusion_cli
+from emorig.cli import evaluate as evaluate_cli
 from emorig.cli import prepare as prepare_cli
 from emorig.cli import synth as synth_cli
 from emorig.errors import EmorigError
@@ -384,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"emorig {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo_cli.add_parser(sub)
 
     assets = sub.add_parser("assets", help="find, check and convert licensed files")
     asub = assets.add_subparsers(dest="assets_command", metavar="ACTION")
@@ -561,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare_cli.add_parser(sub)
     synth_cli.add_parser(sub)
     diffusion_cli.add_edit_parser(sub)
+    evaluate_cli.add_parser(sub)
+    demo_cli.add_ablation_parser(sub)
 
     emotion = sub.add_parser(
         "emotion", help="predict emotions of face photos and evaluate them (EMOCA's metrics)"

@@ -78,12 +78,16 @@ class EditResult:
         codes: mode -> the edited codes.
         reconstruction: (B, 3, S, S) the source sampled under its own buffers from the
             starting noise (with ``invert``: how faithfully the inversion round-trips).
+        source_buffer, target_buffer: (B, 3, S, S) / (1 or B, 3, S, S) their Lambertian
+            renders (the target's through its own crop).
     """
 
     images: dict[str, Tensor]
     buffers: dict[str, Tensor]
     codes: dict[str, FaceCode]
     reconstruction: Tensor
+    source_buffer: Tensor | None = None
+    target_buffer: Tensor | None = None
 
 
 #: ``(code, image (B, 3, S, S) in [0, 1], crop_transform (B, 3, 3)) -> (B, D)``.
@@ -235,7 +239,8 @@ class Editor:
             images[mode] = self._sample(s, cond, s.latent, expression)
             buffers[mode], codes[mode] = cond[:, :3], code
         reconstruction = self._sample(s, s.condition, s.latent, s.expression)
-        return EditResult(images, buffers, codes, reconstruction)
+        target_buffer = self.buffers(tgt, target.crop_transform)[:, :3]
+        return EditResult(images, buffers, codes, reconstruction, s.condition[:, :3], target_buffer)
 
     @torch.no_grad()
     def sample_codes(self, source: FaceItem, codes: Sequence[FaceCode]) -> list[Tensor]:
@@ -286,11 +291,19 @@ def write_edits(
         top = [to_uint8(source.image[i]), to_uint8(target.image[t])]
         top += [to_uint8(result.images[m][i]) for m in modes]
         labels = ["source", "target", *modes]
-        bottom = [np.zeros_like(top[0]), np.zeros_like(top[0])]
+        blank = np.zeros_like(top[0])
+        bottom = [
+            blank
+            if result.source_buffer is None
+            else to_uint8(result.source_buffer[i].clamp(0, 1)),
+            blank
+            if result.target_buffer is None
+            else to_uint8(result.target_buffer[t].clamp(0, 1)),
+        ]
         bottom += [to_uint8(result.buffers[m][i].clamp(0, 1)) for m in modes]
         if with_reconstruction:
             top.append(to_uint8(result.reconstruction[i]))
-            bottom.append(np.zeros_like(top[0]))
+            bottom.append(bottom[0])
             labels.append("unedited")
         sheet = contact_sheet([top, bottom], row_labels=["image", "buffer"], column_labels=labels)
         grids.append(save_png(sheet, out / f"{name}_grid.png"))

@@ -202,6 +202,44 @@ def _render_synthetic(renderer, code, config, g):
     return SyntheticBatch(images.clamp(0, 1), code, out.landmarks, out.buffers.mask)
 
 
+class PreparedSource:
+    """Faces with known codes from a prepared folder (``emorig synth --prepared``): each
+    image's 224 crop through its stored crop transform, its true code and the code's
+    projected landmarks. The synthetic stage learns on exactly the framing and resolution
+    the folder has (e.g. the 64 px images a small diffusion model produces)."""
+
+    def __init__(self, root, renderer: FaceRenderer, batch_size: int, seed: int, rank: int = 0):
+        from emorig.train.dataset import BufferDataset
+
+        data = BufferDataset(root, codes=True)
+        if data.manifest.settings.reconstructor != "synthetic":
+            raise EmorigError(
+                f"{root}: the synthetic stage needs true codes (a folder from emorig synth "
+                f"--prepared), not codes from {data.manifest.settings.reconstructor}"
+            )
+        n = len(data)
+        self.images = torch.stack([data[i]["image"] for i in range(n)])
+        self.crops = torch.stack([data[i]["crop_transform"] for i in range(n)])
+        self.code = data.code(list(range(n)))
+        self.renderer, self.batch_size, self.seed, self.rank = renderer, batch_size, seed, rank
+
+    def __call__(self, step: int) -> ReconBatch:
+        from emorig.train.emo import face_crops
+
+        g = _step_generator(self.seed, step, self.rank)
+        idx = torch.randint(0, self.images.shape[0], (self.batch_size,), generator=g)
+        images = face_crops((self.images[idx] + 1) / 2, self.crops[idx], IMAGE_SIZE)
+        code = self.code[idx]
+        with torch.no_grad():
+            device = self.renderer.flame.v_template.device
+            _, landmarks = _projected_landmarks(self.renderer, code.to(device))
+        # DECA's vector has no neck or eye rotation: the encoder learns the rest.
+        code = code.replace(
+            neck_pose=torch.zeros_like(code.neck_pose), eye_pose=torch.zeros_like(code.eye_pose)
+        )
+        return ReconBatch(images, landmarks.cpu(), idx, code)
+
+
 class FolderSource:
     """DECA crops from ``emorig align --mode deca --size 224``: ``NAME.png`` + ``NAME.json``,
     one sub-folder per identity; each batch takes K images of B random identities."""
@@ -609,9 +647,16 @@ def train_reconstruction(
             renderer, cfg.batch_size, cfg.group_size, cfg.seed, rank
         )
     else:
-        if cfg.stage == "synthetic":
-            raise EmorigError("the synthetic stage renders its own data; drop --data")
-        source = FolderSource(cfg.data, cfg.batch_size, cfg.group_size, cfg.seed, rank)
+        prepared = (Path(cfg.data) / "manifest.json").is_file()
+        if cfg.stage == "synthetic" and not prepared:
+            raise EmorigError(
+                "the synthetic stage renders its own data or reads a prepared folder with true "
+                "codes (emorig synth --prepared); --data is neither"
+            )
+        if prepared:
+            source = PreparedSource(cfg.data, renderer, cfg.batch_size, cfg.seed, rank)
+        else:
+            source = FolderSource(cfg.data, cfg.batch_size, cfg.group_size, cfg.seed, rank)
     log_path = out / "losses.jsonl"
     last: dict[str, float] = {}
     checkpoint = None
