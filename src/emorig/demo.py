@@ -79,7 +79,7 @@ class DemoConfig:
 
     @property
     def eval_pairs(self) -> int:
-        return 3 if self.fast else 12
+        return 3 if self.fast else 8
 
     @property
     def multiview(self) -> tuple[int, int]:
