@@ -140,10 +140,10 @@ class Upsample(nn.Module):
 # Blocks.
 
 
-def _film(h: Tensor, params: Tensor) -> Tensor:
-    """``h * (1 + scale) + shift`` with ``params`` (B, 2C) split into scale and shift."""
-    scale, shift = params.to(h.dtype)[..., None, None].chunk(2, dim=1)
-    return h * (1 + scale) + shift
+def _compose_film(scale: Tensor, shift: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+    """Follow the per-channel map ``h * scale + shift`` by the FiLM of ``params`` (B, 2C)."""
+    s, b = params.float().chunk(2, dim=1)
+    return scale * (1 + s), shift * (1 + s) + b
 
 
 class ResBlock(nn.Module):
@@ -224,19 +224,30 @@ class ResBlock(nn.Module):
         Returns:
             (B, out_channels, H', W'): H' = 2H when up-sampling, H / 2 when down-sampling.
         """
+        # Speed (same result up to rounding): the GroupNorm affine and the FiLMs are all
+        # per-channel maps, composed on the (B, C) codes and applied in one pass after a plain
+        # normalisation; without autograd, SiLU and the sums reuse their input's memory.
+        inplace = not torch.is_grad_enabled()
+        h = F.silu(self.in_layers[0](x), inplace=inplace)
         if self.updown:
-            h = self.in_layers[:-1](x)
-            h = self.in_layers[-1](self.h_upd(h))
+            h = self.h_upd(h)
             x = self.x_upd(x)
-        else:
-            h = self.in_layers(x)
-        h = self.out_layers[0](h)
-        h = _film(h, self.emb_layers(emb))
-        h = _film(h, self.cond_emb_layers(latent))
+        h = self.in_layers[2](h)
+        norm = self.out_layers[0]
+        scale = norm.weight.float().expand(h.shape[0], -1)
+        scale, shift = _compose_film(scale, norm.bias.float(), self.emb_layers(emb))
+        scale, shift = _compose_film(scale, shift, self.cond_emb_layers(latent))
         if self.expr_emb_layers is not None and expression is not None:
-            h = _film(h, self.expr_emb_layers(expression))
-        h = self.out_layers[1:](h)
-        return self.skip_connection(x) + h
+            scale, shift = _compose_film(scale, shift, self.expr_emb_layers(expression))
+        scale, shift = scale[..., None, None], shift[..., None, None]
+        n = F.group_norm(h.float(), norm.num_groups, None, None, norm.eps)
+        if inplace:
+            h = n.mul_(scale).add_(shift).to(h.dtype)
+        else:
+            h = torch.addcmul(shift, n, scale).to(h.dtype)
+        h = self.out_layers[3](self.out_layers[2](F.silu(h, inplace=inplace)))
+        skip = self.skip_connection(x)
+        return h.add_(skip) if inplace else skip + h
 
 
 class AttentionBlock(nn.Module):
