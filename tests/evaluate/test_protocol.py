@@ -365,7 +365,7 @@ def test_cli_evaluate_writes_a_report(data, tmp_path, capsys):
     from emorig.reconstruct.checkpoints import save_pretrained
 
     album, views, folder = data
-    with pytest.raises(EmorigError, match="--reconstructor-weights .*not found"):
+    with pytest.raises(EmorigError, match=r"--reconstructor-weights .*not found"):
         _cli(["evaluate", "--model", str(folder), "--data", str(album), "--out", str(tmp_path),
               "--reconstructor-weights", str(tmp_path / "missing")])  # fmt: skip
     with pytest.raises(EmorigError, match="--model"):
