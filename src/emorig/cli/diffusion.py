@@ -118,7 +118,16 @@ def cmd_edit(args: argparse.Namespace) -> int:
     target = items_from_dataset(targets, [args.target_index])
     predictor = None
     if emotion is not None:
-        predictor = _emotion_predictor(args, renderer, sources.manifest.settings.head)
+        from emorig.edit.emotion import emotion_predictor
+
+        predictor = emotion_predictor(
+            args.emotion_predictor,
+            renderer,
+            sources.manifest.settings.head,
+            args.recognizer,
+            args.device,
+            lambda m: print(m, file=sys.stderr, flush=True),
+        )
     indices = list(range(len(sources))) if args.indices is None else args.indices
     bad = [i for i in indices if not 0 <= i < len(sources)]
     if bad:
@@ -169,25 +178,6 @@ def _emotion_target(args):
     if args.emotion is None and args.valence is None and args.arousal is None:
         return None
     return EmotionTarget(args.emotion, args.intensity, args.valence, args.arousal)
-
-
-def _emotion_predictor(args, renderer, head: str):
-    from emorig.edit.emotion import RenderedPredictor, train_code_predictor
-
-    kind = args.emotion_predictor
-    if kind == "auto":
-        kind = "codes" if head == "builtin" else "rendered"
-    if kind == "codes":
-        if head != "builtin":
-            raise EmorigError(
-                "the code-space emotion predictor is trained on built-in-head codes; use "
-                "--emotion-predictor rendered with --recognizer for FLAME heads"
-            )
-        print("training the code-space emotion predictor (synthetic codes)...", file=sys.stderr)
-        return train_code_predictor(renderer)
-    from emorig.emotion.recognizers import load_recognizer
-
-    return RenderedPredictor(renderer, load_recognizer(args.recognizer, device=args.device))
 
 
 def _emotion_edit(editor, predictor, source, emotion, args, out: Path) -> list[Path]:

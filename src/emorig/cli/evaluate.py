@@ -94,27 +94,8 @@ def load_reconstructor(weights: str | None, head: str, assets: str | None, devic
     return encoder_reconstructor(model.to(device))
 
 
-def _predictor(kind: str, renderer, head: str, recognizer: str | None, device):
-    from emorig.edit.emotion import RenderedPredictor, train_code_predictor
-
-    if kind == "auto":
-        kind = "codes" if head == "builtin" else "rendered"
-    if kind == "codes":
-        if head != "builtin":
-            raise EmorigError(
-                "the code-space emotion predictor is trained on built-in-head codes; use "
-                "--emotion-predictor rendered with --recognizer for FLAME heads"
-            )
-        _say("training the code-space emotion predictor (synthetic codes)...")
-        return train_code_predictor(renderer).to(device)
-    from emorig.emotion.recognizers import load_recognizer
-
-    if recognizer is None:
-        raise EmorigError("--emotion-predictor rendered needs --recognizer")
-    return RenderedPredictor(renderer, load_recognizer(recognizer, device=device))
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from emorig.edit.emotion import emotion_predictor
     from emorig.evaluate.protocol import evaluate_model
     from emorig.evaluate.report import write_report
     from emorig.train.dataset import BufferDataset
@@ -158,7 +139,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         expression_input = expression_input_for(model, args.recognizer, args.device)
     predictor = None
     if emotions:
-        predictor = _predictor(args.emotion_predictor, renderer, head, args.recognizer, args.device)
+        predictor = emotion_predictor(
+            args.emotion_predictor, renderer, head, args.recognizer, args.device, _say
+        )
     evaluation = evaluate_model(
         model,
         data,

@@ -283,3 +283,42 @@ def expression_input_for(model, recognizer: str | None, device):
             return net(face_crops(image, crop.to(image.device))).features.float()
 
     return from_image
+
+
+def emotion_predictor(
+    kind: str,
+    renderer,
+    head: str,
+    recognizer: str | None,
+    device,
+    say: Callable[[str], None] | None = None,
+) -> CodePredictor:
+    """The predictor emotion edits and their evaluation use.
+
+    Args:
+        kind: ``"codes"`` (an EmoDECA MLP trained here on built-in-head codes),
+            ``"rendered"`` (``recognizer`` on renders of the code) or ``"auto"`` (codes on
+            the built-in head, rendered otherwise).
+        renderer: the head's renderer.
+        head: the head's name (``"builtin"``, ``"flame2020"``, ...).
+        recognizer: :func:`~emorig.emotion.recognizers.load_recognizer` spec for
+            ``rendered``.
+        device: where the predictor runs.
+        say: told when the code-space predictor is being trained.
+    """
+    if kind == "auto":
+        kind = "codes" if head == "builtin" else "rendered"
+    if kind == "codes":
+        if head != "builtin":
+            raise EmorigError(
+                "the code-space emotion predictor is trained on built-in-head codes; use "
+                "--emotion-predictor rendered with --recognizer for FLAME heads"
+            )
+        if say is not None:
+            say("training the code-space emotion predictor (synthetic codes)...")
+        return train_code_predictor(renderer).to(device)
+    from emorig.emotion.recognizers import load_recognizer
+
+    if recognizer is None:
+        raise EmorigError("--emotion-predictor rendered needs --recognizer")
+    return RenderedPredictor(renderer, load_recognizer(recognizer, device=device))

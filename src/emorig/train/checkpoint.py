@@ -99,3 +99,30 @@ def load_checkpoint(
         raise EmorigError(f"{path}: not an emorig checkpoint (format {FORMAT} expected)")
     payload["config"] = json.loads(payload["config"])
     return payload
+
+
+def resume_run(out: str | os.PathLike[str], cfg: Any, model, optimizer) -> dict[str, Any] | None:
+    """Restore ``model`` and ``optimizer`` from the newest checkpoint in ``out``.
+
+    ``cfg`` is the run's frozen config dataclass (with ``steps`` and ``from_dict``); the
+    checkpoint's must equal it except for ``steps`` (a run may be extended).
+
+    Returns:
+        The checkpoint's payload (``step`` and whatever else was saved), or None when ``out``
+        holds no checkpoint.
+    """
+    import dataclasses
+
+    path = latest_checkpoint(out)
+    if path is None:
+        return None
+    state = load_checkpoint(path)
+    saved = type(cfg).from_dict(state["config"])
+    if dataclasses.replace(saved, steps=cfg.steps) != cfg:
+        raise EmorigError(
+            f"{path}: belongs to a run with another configuration; use a new --out folder or "
+            "the same settings"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state

@@ -38,7 +38,7 @@ from emorig.diffusion.model import RigModel
 from emorig.diffusion.schedule import NoiseSchedule, epsilon_loss
 from emorig.errors import EmorigError
 from emorig.io.atomic import atomic_write
-from emorig.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from emorig.train.checkpoint import resume_run, save_checkpoint
 
 __all__ = [
     "STAGE_DEFAULTS",
@@ -369,17 +369,8 @@ def train_rig(
     schedule = NoiseSchedule.linear()
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.ema > 0 else None
     start = 0
-    resume = latest_checkpoint(out)
-    if resume is not None:
-        state = load_checkpoint(resume)
-        saved = RigTrainConfig.from_dict(state["config"])
-        if dataclasses.replace(saved, steps=cfg.steps) != cfg:
-            raise EmorigError(
-                f"{resume}: belongs to a run with another configuration; use a new --out "
-                "folder or the same settings"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+    state = resume_run(out, cfg, model, optimizer)
+    if state is not None:
         if ema is not None:
             ema = state["ema"]
         start = int(state["step"])

@@ -50,7 +50,7 @@ from emorig.emotion.recognizers import (
 from emorig.errors import EmorigError
 from emorig.io.atomic import atomic_write
 from emorig.io.images import ImageReadError, read_image
-from emorig.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from emorig.train.checkpoint import resume_run, save_checkpoint
 from emorig.types import EMOTION_CLASSES
 
 __all__ = ["EmotionSet", "EmotionTrainConfig", "EmotionTrainResult", "train_emotion"]
@@ -456,17 +456,8 @@ def train_emotion(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start, best_loss, best_step, bad, best_metrics = 0, math.inf, 0, 0, {}
     best_state: dict[str, Tensor] | None = None
-    resume = latest_checkpoint(out)
-    if resume is not None:
-        state = load_checkpoint(resume)
-        saved = EmotionTrainConfig.from_dict(state["config"])
-        if dataclasses.replace(saved, steps=cfg.steps) != cfg:
-            raise EmorigError(
-                f"{resume}: belongs to a run with another configuration; use a new --out "
-                "folder or the same settings"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+    state = resume_run(out, cfg, model, optimizer)
+    if state is not None:
         start = int(state["step"])
         best_loss, best_step = float(state["best_loss"]), int(state["best_step"])
         bad, best_metrics = int(state["bad"]), json.loads(state["best_metrics"])

@@ -45,7 +45,7 @@ from emorig.reconstruct.detail import DetailRenderer, sample_uv
 from emorig.reconstruct.emoca import EmocaConfig, EmocaModel
 from emorig.render.face import FaceRenderer
 from emorig.render.shading import sh_shading
-from emorig.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from emorig.train.checkpoint import resume_run, save_checkpoint
 from emorig.train.synthetic import SynthConfig, synthetic_batch
 from emorig.types import FaceCode
 
@@ -595,17 +595,8 @@ def train_reconstruction(
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
     start = 0
-    resume = latest_checkpoint(out)
-    if resume is not None:
-        state = load_checkpoint(resume)
-        saved = ReconTrainConfig.from_dict(state["config"])
-        if dataclasses.replace(saved, steps=cfg.steps) != cfg:
-            raise EmorigError(
-                f"{resume}: belongs to a run with another configuration; use a "
-                "new --out folder or the same settings"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+    state = resume_run(out, cfg, model, optimizer)
+    if state is not None:
         start = int(state["step"])
     model.train()
     for name in set(dict(model.named_children())) - set(TRAINABLE[cfg.stage]):
