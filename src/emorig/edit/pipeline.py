@@ -178,7 +178,7 @@ class Editor:
         image = source.image.to(dev)
         x_src = image * 2 - 1
         latent = self.model.encode(x_src)
-        base = with_mean_shape(source.code.to(dev), self.mean_shape)
+        base = self.source_code(source)
         cond = self.buffers(base, source.crop_transform)
         expression = self._expression(base, image, source.crop_transform)
         if self.invert:

@@ -51,18 +51,14 @@ def main(argv: list[str]) -> None:  # pragma: no cover - a maintenance tool
 
 def model_from_checkpoint(checkpoint: str | Path, dst: str | Path) -> Path:
     """The raw (not EMA) diffusion model of a ``train_rig`` checkpoint as a model folder."""
-    from emorig.diffusion import RigModel
     from emorig.diffusion.pretrained import save_pretrained
     from emorig.train.checkpoint import load_checkpoint
-    from emorig.train.dataset import CONDITION_NAMES
-    from emorig.train.diffusion import RigTrainConfig, model_preset
+    from emorig.train.dataset import CONDITION_NAMES, read_manifest
+    from emorig.train.diffusion import RigTrainConfig, build_rig
 
     state = load_checkpoint(checkpoint)
     cfg = RigTrainConfig.from_dict(state["config"])
-    from emorig.train.dataset import read_manifest
-
-    config = model_preset(cfg.model, read_manifest(cfg.data).settings.size, CONDITION_NAMES)
-    model = RigModel(config.replace(**cfg.model_overrides))
+    model = build_rig(cfg, tuple(CONDITION_NAMES), read_manifest(cfg.data).settings.size)
     model.load_state_dict(state["model"])
     return save_pretrained(model, dst)
 
