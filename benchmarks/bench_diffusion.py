@@ -61,10 +61,10 @@ from dataclasses import dataclass
 
 import torch
 
+from emorig.data.dataset import CONDITION_NAMES
 from emorig.diffusion import NoiseSchedule, RigConfig, RigModel, ddim_sample, epsilon_loss
+from emorig.diffusion.config import model_preset
 from emorig.diffusion.unet import AttentionBlock, DenoisingUNet, ResBlock
-from emorig.train.dataset import CONDITION_NAMES
-from emorig.train.diffusion import model_preset
 from timing import time_ms
 
 #: The issue's figure for one official-size denoiser call upstream on this machine (idle).

@@ -19,7 +19,7 @@ emorig train reconstruct --stage synthetic --data "$runs/synth64/prepared" --out
 emorig train diffusion --stage stage1 --data "$runs/synth64/prepared" --out "$runs/stage1-p2" \
     --model small --steps 600 --batch-size 8 --lr 5e-4 --ema 0.995 --save-every 100 \
     --sample-every 300 --cpu
-python -m emorig.weights.pack --from-checkpoint "$runs/stage1-p2/checkpoint-00000600.pt" \
+python -m emorig.train.export "$runs/stage1-p2/checkpoint-00000600.pt" \
     "$runs/stage1-p2-600"
 emorig train diffusion --stage stage1 --data "$runs/synth64/prepared" --out "$runs/stage1b" \
     --init "$runs/stage1-p2-600" --steps 900 --batch-size 8 --lr 5e-4 --p2-gamma 0 --ema 0.99 \

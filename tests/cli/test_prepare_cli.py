@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 
 from emorig.cli.prepare import add_parser
+from emorig.data.dataset import MANIFEST_NAME, MEAN_SHAPE_NAME, BufferDataset
 from emorig.errors import EmorigError
 from emorig.flame.builtin import EXPRESSION_COMPONENTS, builtin_head
 from emorig.io.images import to_uint8
 from emorig.render.face import FaceRenderer
 from emorig.render.showcase import parse_face_spec, specs_to_code
-from emorig.train.dataset import MANIFEST_NAME, MEAN_SHAPE_NAME, BufferDataset
 
 
 def run(argv):

@@ -6,14 +6,14 @@ import json
 import pytest
 import torch
 
+from emorig.data.dataset import BufferDataset
 from emorig.edit.pipeline import Editor, items_from_dataset
 from emorig.edit.transfer import ffhq_centre, parse_modes, recentre, transfer, with_mean_shape
 from emorig.errors import EmorigError
 from emorig.flame.builtin import builtin_head
 from emorig.render.face import FaceRenderer
-from emorig.synth import SynthDatasetConfig
+from emorig.synth.datasets import SynthDatasetConfig
 from emorig.synth.prepared import write_prepared
-from emorig.train.dataset import BufferDataset
 from emorig.train.diffusion import RigTrainConfig, train_rig
 from emorig.types import FaceCode
 
@@ -183,7 +183,7 @@ def test_mixed_deca_and_emoca_editing_runs(trained, tmp_path):
     from emorig.reconstruct.checkpoints import save_pretrained
     from emorig.reconstruct.deca import DecaConfig, DecaModel
     from emorig.reconstruct.emoca import EmocaConfig, EmocaModel
-    from emorig.synth import synthesize
+    from emorig.synth.datasets import synthesize
 
     _, folder = trained
     torch.manual_seed(0)

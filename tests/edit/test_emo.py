@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from emorig.data.dataset import BufferDataset
 from emorig.diffusion import RigConfig, RigModel
 from emorig.diffusion.model import with_expression
 from emorig.diffusion.schedule import NoiseSchedule
@@ -17,6 +18,7 @@ from emorig.edit.emotion import (
     preset_start,
     train_code_predictor,
 )
+from emorig.emotion.crops import face_crops
 from emorig.emotion.presets import labelled_codes
 from emorig.emotion.recognizers import (
     ResNetEmotionConfig,
@@ -27,11 +29,10 @@ from emorig.emotion.recognizers import (
 from emorig.errors import EmorigError
 from emorig.flame.builtin import builtin_head
 from emorig.render.face import FaceRenderer
-from emorig.synth import SynthDatasetConfig
+from emorig.synth.datasets import SynthDatasetConfig
 from emorig.synth.prepared import write_prepared
-from emorig.train.dataset import BufferDataset
 from emorig.train.diffusion import RigTrainConfig, train_rig
-from emorig.train.emo import EmoTerms, face_crops
+from emorig.train.emo import EmoTerms
 from emorig.types import EMOTION_CLASSES, FaceCode
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emorig.data.dataset import BufferDataset
 from emorig.edit.emotion import CodePredictor, CodeSpacePredictor
 from emorig.edit.pipeline import Editor, items_from_dataset
 from emorig.errors import EmorigError
@@ -26,9 +27,8 @@ from emorig.evaluate.report import EMPTY_MARK, write_report
 from emorig.flame.builtin import builtin_head
 from emorig.reconstruct.deca import DecaConfig, DecaModel
 from emorig.render.face import FaceRenderer
-from emorig.synth import SynthDatasetConfig
+from emorig.synth.datasets import SynthDatasetConfig
 from emorig.synth.prepared import write_prepared
-from emorig.train.dataset import BufferDataset
 from emorig.train.diffusion import RigTrainConfig, train_rig
 from emorig.types import EMOTION_CLASSES, EmotionOutput, FaceCode
 

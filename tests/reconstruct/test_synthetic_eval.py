@@ -5,7 +5,7 @@ from emorig.flame.builtin import builtin_head
 from emorig.reconstruct.deca import DecaConfig, DecaModel
 from emorig.reconstruct.synthetic_eval import evaluate_encoder, score_codes
 from emorig.render.face import FaceRenderer
-from emorig.train.synthetic import SynthConfig, synthetic_batch
+from emorig.synth.sampling import SynthConfig, synthetic_batch
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from emorig.flame.heads import load_head
 from emorig.geometry.camera import ndc_to_pixels
 from emorig.geometry.rotations import axis_angle_to_matrix
 from emorig.render.face import FaceRenderer
-from emorig.synth import (
+from emorig.synth.datasets import (
     SynthDatasetConfig,
     frame_like_ffhq,
     plan_dataset,

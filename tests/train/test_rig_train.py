@@ -8,7 +8,7 @@ import torch
 
 from emorig.diffusion.pretrained import load_pretrained
 from emorig.errors import EmorigError
-from emorig.synth import SynthDatasetConfig
+from emorig.synth.datasets import SynthDatasetConfig
 from emorig.synth.prepared import write_prepared
 from emorig.train.checkpoint import load_checkpoint
 from emorig.train.diffusion import RigTrainConfig, step_indices, train_rig

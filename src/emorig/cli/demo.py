@@ -86,7 +86,7 @@ def add_ablation_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_ablation(args: argparse.Namespace) -> int:
-    from emorig.evaluate.ablation import AblationConfig, run_ablation
+    from emorig.demo.ablation import AblationConfig, run_ablation
 
     cfg = AblationConfig(
         out=args.out,

@@ -34,7 +34,7 @@ def _load_head_renderer(head_name: str, assets, device):
 
 def _faces(spec: str, out: Path, reconstructor: str, weights, args, size: int):
     """A prepared folder for ``spec`` (used as is, or made from photos under OUT)."""
-    from emorig.train.dataset import MANIFEST_NAME, BufferDataset
+    from emorig.data.dataset import MANIFEST_NAME, BufferDataset
 
     path = Path(spec)
     if path.is_dir() and (path / MANIFEST_NAME).is_file():
@@ -63,10 +63,10 @@ def _faces(spec: str, out: Path, reconstructor: str, weights, args, size: int):
 def cmd_edit(args: argparse.Namespace) -> int:
     import torch
 
+    from emorig.diffusion.loading import load_rig
     from emorig.diffusion.official import load_mean_shape
     from emorig.edit.pipeline import Editor, items_from_dataset, write_edits
     from emorig.edit.transfer import parse_modes
-    from emorig.train.diffusion import load_rig
 
     started = time.perf_counter()
     modes = parse_modes(args.modes)

@@ -84,7 +84,7 @@ def load_reconstructor(weights: str | None, head: str, assets: str | None, devic
 
     if weights is None and head == "builtin":
         # The encoder this project trained on 64 px synthetic faces (emorig/weights/demo).
-        from emorig.demo import ENCODER_NAME, packaged_weights
+        from emorig.weights import ENCODER_NAME, packaged_weights
 
         weights = str(packaged_weights(ENCODER_NAME))
     if weights is not None and not Path(weights).exists():
@@ -95,10 +95,10 @@ def load_reconstructor(weights: str | None, head: str, assets: str | None, devic
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from emorig.data.dataset import BufferDataset
     from emorig.edit.emotion import emotion_predictor
     from emorig.evaluate.protocol import evaluate_model
     from emorig.evaluate.report import write_report
-    from emorig.train.dataset import BufferDataset
 
     missing = [f for f in ("model", "data", "out") if getattr(args, f) is None]
     if missing:
@@ -119,9 +119,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if identity == "auto":
         identity = "shape" if data.manifest.settings.synthetic_head else "dlib"
 
+    from emorig.diffusion.loading import load_rig
     from emorig.flame.heads import load_head
     from emorig.render.face import FaceRenderer
-    from emorig.train.diffusion import load_rig
 
     model = load_rig(args.model, device=args.device)
     if model.config.image_size != data.size:

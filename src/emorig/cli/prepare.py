@@ -1,5 +1,5 @@
 """``emorig prepare``: photos -> DiffusionRig training shards (aligned images, FLAME codes,
-condition buffers). Thin: flags -> :mod:`emorig.train.prepare`."""
+condition buffers). Thin: flags -> :mod:`emorig.data.prepare`."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.merge is not None:
         if args.images or args.out or args.model:
             raise EmorigError("--merge DATA takes no IMAGES, --out or --model")
-        from emorig.train.prepare import merge
+        from emorig.data.prepare import merge
 
         manifest, again = merge(
             Path(args.merge),
@@ -170,10 +170,10 @@ def prepare_images(
 ):
     """Prepare the photos under ``src`` into ``out`` (what ``emorig prepare`` runs; also used
     by ``emorig edit`` for photo inputs). Returns the manifest (None on ranks other than 0)."""
+    from emorig.data.prepare import PrepareConfig, prepare, process_state
     from emorig.faces.pipeline import image_files
     from emorig.flame.heads import load_head
     from emorig.reconstruct.pipeline import Reconstructor, load_model
-    from emorig.train.prepare import PrepareConfig, prepare, process_state
 
     config = PrepareConfig(
         size=size,

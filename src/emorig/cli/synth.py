@@ -84,7 +84,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`~emorig.synth.SynthDatasetConfig` the flags describe."""
-    from emorig.synth import SynthDatasetConfig
+    from emorig.synth.datasets import SynthDatasetConfig
 
     count = args.count
     if count is None:
@@ -104,7 +104,7 @@ def config_from_args(args: argparse.Namespace):
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from emorig.cli.main import _progress, _say
-    from emorig.synth import write_dataset
+    from emorig.synth.datasets import write_dataset
 
     config = config_from_args(args)
     if args.batch_size < 1:

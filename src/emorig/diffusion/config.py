@@ -8,19 +8,23 @@ The denoiser's input channel count is computed from the conditioning buffers it 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from emorig.errors import EmorigError
 from emorig.types import RenderBuffers
 
 __all__ = [
     "BUFFER_CHANNELS",
     "DEFAULT_CONDITION_NAMES",
     "IMAGE_CHANNELS",
+    "MODEL_PRESETS",
     "RigConfig",
     "condition_channels_for",
     "default_channel_mult",
+    "model_preset",
 ]
 
 #: Channels of each :class:`~emorig.types.RenderBuffers` field that can condition the model.
@@ -274,3 +278,36 @@ class RigConfig:
             f"(ResNet-{self.encoder_depth}), condition {'+'.join(self.condition_names)} "
             f"({self.in_channels} input channels){expr}"
         )
+
+
+#: Architecture presets by name; ``official`` is DiffusionRig's released configuration.
+MODEL_PRESETS = ("official", "small", "tiny")
+
+
+def model_preset(name: str, image_size: int, condition: tuple[str, ...]) -> RigConfig:
+    """A :class:`RigConfig` for a preset at ``image_size``.
+
+    ``official``: DiffusionRig's (~100M parameters at 256). ``small``: the same design with
+    32 base channels, one block per level and a slim latent encoder, for CPU training at 64 px.
+    ``tiny``: the test model (32 px).
+    """
+    if name == "official":
+        return RigConfig.official(image_size, condition_names=condition)
+    if name == "small":
+        levels = max(2, int(math.log2(image_size // 8)) + 1)
+        mult = (1, 2, 2, 4, 4, 4, 4)[:levels]
+        return RigConfig(
+            image_size=image_size,
+            channels=32,
+            channel_mult=mult,
+            num_res_blocks=1,
+            attention_resolutions=(16,) if image_size >= 32 else (),
+            dropout=0.0,
+            norm_groups=8,
+            condition_names=condition,
+            latent_dim=64,
+            encoder_width=16,
+        )
+    if name == "tiny":
+        return RigConfig.tiny(image_size=image_size, condition_names=condition)
+    raise EmorigError(f"unknown model preset '{name}'; choose {', '.join(MODEL_PRESETS)}")

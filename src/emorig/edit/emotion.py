@@ -259,7 +259,7 @@ def preset_start(code: FaceCode, target: EmotionTarget) -> FaceCode | None:
 def expression_input_for(model, recognizer: str | None, device):
     """The expression-encoder input function a DiffusionRig-EMO model was trained with:
     ``(code, image in [0, 1], crop_transform) -> (B, D)``."""
-    from emorig.train.emo import code_expression_input, face_crops
+    from emorig.emotion.crops import code_expression_input, face_crops
 
     if model.config.expression_source == "code":
 

@@ -50,7 +50,7 @@ class FaceItem:
 
 
 def items_from_dataset(dataset, indices: Sequence[int]) -> FaceItem:
-    """Items of a :class:`~emorig.train.dataset.BufferDataset` as one :class:`FaceItem`."""
+    """Items of a :class:`~emorig.data.dataset.BufferDataset` as one :class:`FaceItem`."""
     if not indices:
         raise EmorigError("no items selected")
     items = [dataset[i] for i in indices]
@@ -149,7 +149,7 @@ class Editor:
 
     def buffers(self, code: FaceCode, crop_transform: Tensor) -> Tensor:
         """(B, C, S, S) the model's condition for ``code`` rendered through the crops."""
-        from emorig.train.prepare import render_conditions
+        from emorig.render.conditions import render_conditions
 
         size = self.model.config.image_size
         out = render_conditions(self.renderer, code.to(self.device), crop_transform, size)

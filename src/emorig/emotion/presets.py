@@ -17,7 +17,7 @@ import torch
 from emorig.errors import EmorigError
 from emorig.flame.builtin import EXPRESSION_COMPONENTS
 from emorig.render.face import FaceRenderer
-from emorig.train.synthetic import SynthConfig, backgrounds, frame_like_deca, sample_codes
+from emorig.synth.sampling import SynthConfig, backgrounds, frame_like_deca, sample_codes
 from emorig.types import EMOTION_CLASSES, FaceCode
 
 

@@ -313,14 +313,14 @@ class Evaluation:
 
 def encoder_reconstructor(model, *, batch_size: int = 16) -> Reconstruct:
     """A :data:`Reconstruct` from a DECA/EMOCA encoder: the aligned images' DECA crops
-    (:func:`~emorig.train.emo.face_crops`, 224 px) through ``model.encode``.
+    (:func:`~emorig.emotion.crops.face_crops`, 224 px) through ``model.encode``.
 
     Args:
         model: a :class:`~emorig.reconstruct.deca.DecaModel` (or EMOCA); a fast inference
             copy is made (BatchNorm folded), on the model's device.
         batch_size: crops encoded at once.
     """
-    from emorig.train.emo import face_crops
+    from emorig.emotion.crops import face_crops
 
     net = model.for_inference()
     device = next(net.parameters()).device
@@ -370,7 +370,7 @@ def _cat_codes(codes: Sequence[FaceCode], device=None) -> FaceCode:
 
 
 def _dataset(data, what: str):
-    from emorig.train.dataset import BufferDataset
+    from emorig.data.dataset import BufferDataset
 
     if isinstance(data, BufferDataset):
         return data
@@ -479,7 +479,7 @@ def evaluate_model(
 
     Args:
         model: the :class:`~emorig.diffusion.model.RigModel`; everything runs on its device.
-        data: a prepared folder (path or :class:`~emorig.train.dataset.BufferDataset`) at
+        data: a prepared folder (path or :class:`~emorig.data.dataset.BufferDataset`) at
             the model's image size; pairs are drawn from it.
         renderer: the data head's :class:`~emorig.render.face.FaceRenderer` (model's device).
         reconstruct: ``(images (B, 3, S, S) in [0, 1], crop_transforms (B, 3, 3)) ->

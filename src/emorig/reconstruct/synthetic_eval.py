@@ -13,7 +13,7 @@ from emorig.geometry.landmarks import yaw_of_rotation
 from emorig.geometry.rotations import axis_angle_to_matrix
 from emorig.reconstruct.deca import DecaModel
 from emorig.render.face import FaceRenderer
-from emorig.train.synthetic import SynthConfig, synthetic_batch
+from emorig.synth.sampling import SynthConfig, synthetic_batch
 from emorig.types import FaceCode
 
 

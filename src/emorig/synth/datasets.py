@@ -48,7 +48,7 @@ from emorig.geometry.rotations import matrix_to_axis_angle, yaw_pitch_roll_to_ma
 from emorig.io.atomic import atomic_write, save_npz_atomic
 from emorig.io.images import contact_sheet, save_png, to_uint8
 from emorig.render.face import FaceRenderer
-from emorig.train.synthetic import SynthConfig, backgrounds, sample_codes
+from emorig.synth.sampling import SynthConfig, backgrounds, sample_codes
 from emorig.types import EMOTION_CLASSES, FaceCode, RenderBuffers
 
 __all__ = [

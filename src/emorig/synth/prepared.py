@@ -2,7 +2,7 @@
 the aligned image, the exact code and its condition buffers, no reconstruction involved.
 
 The codes' cameras frame the whole image (FFHQ-like), so each item's crop transform is the
-plain rescaling from the image to the 224 crop (:func:`emorig.train.dataset.scale_transform`,
+plain rescaling from the image to the 224 crop (:func:`emorig.data.dataset.scale_transform`,
 the writer's default).
 """
 
@@ -13,15 +13,15 @@ import json
 import os
 from pathlib import Path
 
-from emorig.io.atomic import atomic_write
-from emorig.synth.datasets import SynthDatasetConfig, iter_synth_faces
-from emorig.train.dataset import (
+from emorig.data.dataset import (
     DatasetWriter,
     Manifest,
     PreparedSettings,
     read_manifest,
     shard_paths,
 )
+from emorig.io.atomic import atomic_write
+from emorig.synth.datasets import SynthDatasetConfig, iter_synth_faces
 
 __all__ = ["write_prepared"]
 

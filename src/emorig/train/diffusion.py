@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from emorig.diffusion.config import RigConfig
+from emorig.diffusion.config import model_preset
+from emorig.diffusion.loading import load_rig
 from emorig.diffusion.model import RigModel
 from emorig.diffusion.schedule import NoiseSchedule, epsilon_loss
 from emorig.errors import EmorigError
@@ -53,38 +53,6 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "stage1": {"lr": 1e-4, "batch_size": 32, "steps": 50_000, "trainable": ("",)},
     "stage2": {"lr": 1e-5, "batch_size": 4, "steps": 5_000, "trainable": ("denoisingUNet.",)},
 }
-
-#: Architecture presets by name; ``official`` is DiffusionRig's released configuration.
-MODEL_PRESETS = ("official", "small", "tiny")
-
-
-def model_preset(name: str, image_size: int, condition: tuple[str, ...]) -> RigConfig:
-    """A :class:`RigConfig` for a preset at ``image_size``.
-
-    ``official``: DiffusionRig's (~100M parameters at 256). ``small``: the same design with
-    32 base channels, one block per level and a slim latent encoder, for CPU training at 64 px.
-    ``tiny``: the test model (32 px).
-    """
-    if name == "official":
-        return RigConfig.official(image_size, condition_names=condition)
-    if name == "small":
-        levels = max(2, int(math.log2(image_size // 8)) + 1)
-        mult = (1, 2, 2, 4, 4, 4, 4)[:levels]
-        return RigConfig(
-            image_size=image_size,
-            channels=32,
-            channel_mult=mult,
-            num_res_blocks=1,
-            attention_resolutions=(16,) if image_size >= 32 else (),
-            dropout=0.0,
-            norm_groups=8,
-            condition_names=condition,
-            latent_dim=64,
-            encoder_width=16,
-        )
-    if name == "tiny":
-        return RigConfig.tiny(image_size=image_size, condition_names=condition)
-    raise EmorigError(f"unknown model preset '{name}'; choose {', '.join(MODEL_PRESETS)}")
 
 
 @dataclass(frozen=True)
@@ -182,17 +150,6 @@ class RigTrainConfig:
 
 # ---------------------------------------------------------------------------------------------
 # Model
-
-
-def load_rig(path: str, device: torch.device | str = "cpu") -> RigModel:
-    """An emorig model folder or DiffusionRig's official ``model*.pt``."""
-    from emorig.diffusion.official import load_official
-    from emorig.diffusion.pretrained import load_pretrained
-
-    p = Path(path)
-    if p.is_dir():
-        return load_pretrained(p, device=device)
-    return load_official(p, device=device)
 
 
 def build_rig(
@@ -341,8 +298,8 @@ def train_rig(
     """
     from accelerate import Accelerator
 
+    from emorig.data.dataset import CONDITION_NAMES, BufferDataset
     from emorig.diffusion.pretrained import save_pretrained
-    from emorig.train.dataset import CONDITION_NAMES, BufferDataset
     from emorig.train.emo import EmoTerms
 
     t0 = time.perf_counter()

@@ -45,8 +45,8 @@ from emorig.reconstruct.detail import DetailRenderer, sample_uv
 from emorig.reconstruct.emoca import EmocaConfig, EmocaModel
 from emorig.render.face import FaceRenderer
 from emorig.render.shading import sh_shading
+from emorig.synth.sampling import SynthConfig, synthetic_batch
 from emorig.train.checkpoint import resume_run, save_checkpoint
-from emorig.train.synthetic import SynthConfig, synthetic_batch
 from emorig.types import FaceCode
 
 STAGES = ("synthetic", "pretrain", "coarse", "detail", "emoca")
@@ -181,7 +181,7 @@ class SyntheticSource:
         if self.group_size == 1:
             b = synthetic_batch(self.renderer, n, self.config, g)
         else:
-            from emorig.train.synthetic import frame_like_deca, sample_codes
+            from emorig.synth.sampling import frame_like_deca, sample_codes
 
             code = sample_codes(self.renderer, n, self.config, g)
             first = torch.arange(n) // self.group_size * self.group_size
@@ -193,7 +193,7 @@ class SyntheticSource:
 
 
 def _render_synthetic(renderer, code, config, g):
-    from emorig.train.synthetic import SyntheticBatch, backgrounds
+    from emorig.synth.sampling import SyntheticBatch, backgrounds
 
     with torch.no_grad():
         out = renderer(code, config.image_size)
@@ -209,7 +209,7 @@ class PreparedSource:
     the folder has (e.g. the 64 px images a small diffusion model produces)."""
 
     def __init__(self, root, renderer: FaceRenderer, batch_size: int, seed: int, rank: int = 0):
-        from emorig.train.dataset import BufferDataset
+        from emorig.data.dataset import BufferDataset
 
         data = BufferDataset(root, codes=True)
         if data.manifest.settings.reconstructor != "synthetic":
@@ -224,7 +224,7 @@ class PreparedSource:
         self.renderer, self.batch_size, self.seed, self.rank = renderer, batch_size, seed, rank
 
     def __call__(self, step: int) -> ReconBatch:
-        from emorig.train.emo import face_crops
+        from emorig.emotion.crops import face_crops
 
         g = _step_generator(self.seed, step, self.rank)
         idx = torch.randint(0, self.images.shape[0], (self.batch_size,), generator=g)

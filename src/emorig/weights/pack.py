@@ -38,29 +38,10 @@ def pack(src: str | Path, dst: str | Path) -> Path:
 
 
 def main(argv: list[str]) -> None:  # pragma: no cover - a maintenance tool
-    if len(argv) == 3 and argv[0] == "--from-checkpoint":
-        print(model_from_checkpoint(argv[1], argv[2]))
-    elif len(argv) == 2:
+    if len(argv) == 2:
         print(pack(argv[0], argv[1]))
     else:
-        sys.exit(
-            "usage: python -m emorig.weights.pack SRC_MODEL_FOLDER DST_FOLDER\n"
-            "       python -m emorig.weights.pack --from-checkpoint CHECKPOINT DST_FOLDER"
-        )
-
-
-def model_from_checkpoint(checkpoint: str | Path, dst: str | Path) -> Path:
-    """The raw (not EMA) diffusion model of a ``train_rig`` checkpoint as a model folder."""
-    from emorig.diffusion.pretrained import save_pretrained
-    from emorig.train.checkpoint import load_checkpoint
-    from emorig.train.dataset import CONDITION_NAMES, read_manifest
-    from emorig.train.diffusion import RigTrainConfig, build_rig
-
-    state = load_checkpoint(checkpoint)
-    cfg = RigTrainConfig.from_dict(state["config"])
-    model = build_rig(cfg, tuple(CONDITION_NAMES), read_manifest(cfg.data).settings.size)
-    model.load_state_dict(state["model"])
-    return save_pretrained(model, dst)
+        sys.exit("usage: python -m emorig.weights.pack SRC_MODEL_FOLDER DST_FOLDER")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -49,22 +49,18 @@ class AblationConfig:
 
 def run_ablation(cfg: AblationConfig, say: Callable[[str], None] = print) -> Path:
     """Train and score every variant; returns the Markdown table's path."""
-    from emorig.demo import (
-        DEMO_SIZE,
-        STAGE1_NAME,
-        _encoder_reconstruct,
-        packaged_weights,
-    )
+    from emorig.data.dataset import BufferDataset
+    from emorig.demo.run import DEMO_SIZE, encoder_reconstruct
     from emorig.diffusion.pretrained import load_pretrained
     from emorig.edit.emotion import expression_input_for, train_code_predictor
     from emorig.evaluate.protocol import evaluate_model
     from emorig.flame.heads import load_head
     from emorig.render.face import FaceRenderer
-    from emorig.synth import SynthDatasetConfig
+    from emorig.synth.datasets import SynthDatasetConfig
     from emorig.synth.prepared import write_prepared
-    from emorig.train.dataset import BufferDataset
     from emorig.train.diffusion import RigTrainConfig, train_rig
     from emorig.types import EMOTION_CLASSES
+    from emorig.weights import STAGE1_NAME, packaged_weights
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
@@ -82,7 +78,7 @@ def run_ablation(cfg: AblationConfig, say: Callable[[str], None] = print) -> Pat
     stage1 = packaged_weights(STAGE1_NAME)
     say("training the code-space emotion predictor...")
     predictor = train_code_predictor(renderer, seed=cfg.seed)
-    reconstruct = _encoder_reconstruct(cfg.device)
+    reconstruct = encoder_reconstruct(cfg.device)
     rows = []
     for name, changes in VARIANTS.items():
         say(f"{name}: fine-tuning {cfg.steps} steps...")

@@ -22,19 +22,15 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from emorig.errors import EmorigError
+from emorig.weights import ENCODER_NAME, STAGE1_NAME, packaged_weights
 
-__all__ = ["DemoConfig", "DemoResult", "packaged_weights", "run_demo"]
+__all__ = ["DEMO_SIZE", "DemoConfig", "DemoResult", "encoder_reconstruct", "run_demo"]
 
 #: Image size of the demo's diffusion model.
 DEMO_SIZE = 64
-#: Folder names of the shipped weights under ``emorig/weights/demo``.
-STAGE1_NAME = "stage1-small64"
-ENCODER_NAME = "encoder64"
 
 
 @dataclass(frozen=True)
@@ -112,17 +108,6 @@ class DemoResult:
     timings: dict[str, float]
 
 
-def packaged_weights(name: str) -> Path:
-    """Folder of weights shipped with emorig (``emorig/weights/demo/NAME``)."""
-    folder = Path(str(resources.files("emorig") / "weights" / "demo" / name))
-    if not (folder / "config.json").is_file():
-        raise EmorigError(
-            f"{folder}: the demo weights are missing from this installation; reinstall emorig "
-            "or reproduce them with scripts/train_demo_weights.sh"
-        )
-    return folder
-
-
 Say = Callable[[str], None]
 
 
@@ -145,7 +130,7 @@ class _Clock:
 
 
 def _synth(cfg: DemoConfig, out: Path, renderer) -> dict[str, Path]:
-    from emorig.synth import SynthDatasetConfig, write_dataset
+    from emorig.synth.datasets import SynthDatasetConfig, write_dataset
     from emorig.synth.prepared import write_prepared
 
     groups, views = cfg.multiview
@@ -176,7 +161,7 @@ def _stage1(cfg: DemoConfig, out: Path, say: Say) -> Path:
         return Path(cfg.stage1)
     if not cfg.train_stage1:
         return packaged_weights(STAGE1_NAME)
-    from emorig.synth import SynthDatasetConfig
+    from emorig.synth.datasets import SynthDatasetConfig
     from emorig.synth.prepared import write_prepared
     from emorig.train.diffusion import RigTrainConfig, train_rig
 
@@ -222,7 +207,7 @@ def _personalise(cfg: DemoConfig, out: Path, stage1: Path, album: Path, say: Say
     return result
 
 
-def _encoder_reconstruct(device):
+def encoder_reconstruct(device):
     """Re-reconstruction of aligned 64 px images with the shipped built-in-head encoder."""
     from emorig.evaluate.protocol import encoder_reconstructor
     from emorig.reconstruct.checkpoints import from_pretrained
@@ -232,6 +217,7 @@ def _encoder_reconstruct(device):
 
 def run_demo(cfg: DemoConfig, say: Say = print) -> DemoResult:
     """Run every stage; returns the report's path and per-stage seconds."""
+    from emorig.data.dataset import BufferDataset
     from emorig.diffusion.pretrained import load_pretrained
     from emorig.edit.emotion import (
         EmotionTarget,
@@ -242,7 +228,6 @@ def run_demo(cfg: DemoConfig, say: Say = print) -> DemoResult:
     from emorig.edit.pipeline import Editor, items_from_dataset, write_edits
     from emorig.flame.heads import load_head
     from emorig.render.face import FaceRenderer
-    from emorig.train.dataset import BufferDataset
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -306,8 +291,8 @@ def run_demo(cfg: DemoConfig, say: Say = print) -> DemoResult:
 
 
 def _evaluate(cfg, editor, renderer, data, predictor) -> Any:
+    from emorig.data.dataset import BufferDataset
     from emorig.evaluate.protocol import evaluate_model
-    from emorig.train.dataset import BufferDataset
 
     return evaluate_model(
         editor.model,
@@ -315,7 +300,7 @@ def _evaluate(cfg, editor, renderer, data, predictor) -> Any:
         editor=editor,
         emotion_steps=cfg.emotion_steps,
         renderer=renderer,
-        reconstruct=_encoder_reconstruct(cfg.device),
+        reconstruct=encoder_reconstruct(cfg.device),
         modes=("exp", "pose", "light"),
         emotions=cfg.emotions,
         multiview=BufferDataset(data["multiview"]),

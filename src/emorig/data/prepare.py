@@ -1,5 +1,5 @@
 """Photos -> DiffusionRig training data: FFHQ-aligned images, FLAME codes and the three
-condition buffers rendered onto each image, in shards (:mod:`emorig.train.dataset`).
+condition buffers rendered onto each image, in shards (:mod:`emorig.data.dataset`).
 
 For every photo (DiffusionRig's ``scripts/align.py`` + ``scripts/create_data.py``):
 
@@ -30,14 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from emorig.errors import EmorigError, short_reason
-from emorig.faces.align import deca_transform, transform_points, warp
-from emorig.faces.pipeline import AlignedFace, FaceAligner
-from emorig.geometry.camera import CropTransform
-from emorig.io.images import ImageReadError, read_image
-from emorig.reconstruct.pipeline import CROP, Reconstruction, Reconstructor
-from emorig.render.face import FaceRenderer
-from emorig.train.dataset import (
+from emorig.data.dataset import (
     CODE_FIELDS,
     MANIFEST_NAME,
     DatasetWriter,
@@ -51,7 +44,14 @@ from emorig.train.dataset import (
     write_manifest,
     write_shard,
 )
-from emorig.types import FaceCode, RenderBuffers
+from emorig.errors import EmorigError, short_reason
+from emorig.faces.align import deca_transform, transform_points, warp
+from emorig.faces.pipeline import AlignedFace, FaceAligner
+from emorig.io.images import ImageReadError, read_image
+from emorig.reconstruct.pipeline import CROP, Reconstruction, Reconstructor
+from emorig.render.conditions import render_conditions
+from emorig.render.face import FaceRenderer
+from emorig.types import FaceCode
 
 Progress = Callable[[Iterable[Any]], Iterable[Any]]
 
@@ -171,31 +171,6 @@ def deca_crop(face: AlignedFace) -> AlignedFace:
         (face.size, face.size),
         "deca",
     )
-
-
-@torch.no_grad()
-def render_conditions(
-    renderer: FaceRenderer, code: FaceCode, crop_transforms: Tensor, size: int
-) -> RenderBuffers:
-    """Render ``code`` (cameras of the 224 crop) onto the S x S image through the crops.
-
-    Args:
-        renderer: the head's renderer (its device is used).
-        code: (B, ...) codes.
-        crop_transforms: (B, 3, 3) image pixels -> crop pixels.
-        size: S.
-
-    Returns:
-        :class:`RenderBuffers` (B, C, S, S) with ``rendered``, ``normal`` and ``albedo``
-        multiplied by the alpha mask (zero on the background).
-    """
-    device = renderer.flame.v_template.device
-    crop = CropTransform(
-        torch.as_tensor(crop_transforms, dtype=torch.float32, device=device), CROP, (size, size)
-    )
-    out = renderer(code.to(device), crop=crop).buffers
-    m = out.mask
-    return replace(out, rendered=out.rendered * m, normal=out.normal * m, albedo=out.albedo * m)
 
 
 def _quantised(face: AlignedFace) -> AlignedFace:
@@ -600,7 +575,6 @@ __all__ = [
     "prepare",
     "prepare_worker",
     "process_state",
-    "render_conditions",
     "rerender_shard",
     "settings_for",
     "source_name",

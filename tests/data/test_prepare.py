@@ -9,15 +9,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from emorig.errors import EmorigError
-from emorig.faces.pipeline import FaceAligner, image_files
-from emorig.flame.builtin import EXPRESSION_COMPONENTS, builtin_head
-from emorig.io.images import read_image, to_uint8
-from emorig.reconstruct.fitting import initialise_pose
-from emorig.reconstruct.pipeline import CROP, Reconstruction, Reconstructor
-from emorig.render.face import FaceRenderer
-from emorig.render.showcase import parse_face_spec, specs_to_code
-from emorig.train.dataset import (
+from emorig.data.dataset import (
     MANIFEST_NAME,
     MEAN_SHAPE_NAME,
     BufferDataset,
@@ -28,16 +20,24 @@ from emorig.train.dataset import (
     shard_paths,
     write_manifest,
 )
-from emorig.train.prepare import (
+from emorig.data.prepare import (
     PrepareConfig,
     deca_crop,
     merge,
     prepare,
     prepare_worker,
-    render_conditions,
     source_name,
 )
-from emorig.train.synthetic import SynthConfig, backgrounds, synthetic_batch
+from emorig.errors import EmorigError
+from emorig.faces.pipeline import FaceAligner, image_files
+from emorig.flame.builtin import EXPRESSION_COMPONENTS, builtin_head
+from emorig.io.images import read_image, to_uint8
+from emorig.reconstruct.fitting import initialise_pose
+from emorig.reconstruct.pipeline import CROP, Reconstruction, Reconstructor
+from emorig.render.conditions import render_conditions
+from emorig.render.face import FaceRenderer
+from emorig.render.showcase import parse_face_spec, specs_to_code
+from emorig.synth.sampling import SynthConfig, backgrounds, synthetic_batch
 from emorig.types import FaceCode
 
 skimage_data = pytest.importorskip("skimage.data")
