@@ -33,8 +33,9 @@ from emorig.diffusion.config import (
     condition_channels_for,
 )
 from emorig.diffusion.model import RigModel
-from emorig.diffusion.pretrained import load_state_strict, save_pretrained
+from emorig.diffusion.pretrained import save_pretrained
 from emorig.errors import AssetError, reading, short_reason
+from emorig.io.model_folder import load_state_strict
 from emorig.io.pickles import load_pickle
 
 __all__ = [

@@ -23,19 +23,23 @@ are the last hidden layer, and is saved as ``config.json`` + ``model.safetensors
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emorig.emotion.base import EmotionRecognizer
-from emorig.errors import AssetError, reading, short_reason
-from emorig.io.atomic import atomic_write
+from emorig.io.model_folder import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    FolderFormat,
+    load_model_folder,
+    save_model_folder,
+)
 from emorig.types import EMOTION_CLASSES, EmotionOutput, FaceCode
 
 __all__ = [
@@ -57,8 +61,7 @@ __all__ = [
 
 FORMAT_NAME = "emorig-emodeca"
 FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+_FORMAT = FolderFormat(FORMAT_NAME, FORMAT_VERSION)
 
 #: The V/A loss terms of EMOCA's config, in its order (v_loss, a_loss, va_loss keys).
 VA_TERMS = ("v_mse", "a_mse", "va_lpcc", "va_lccc")
@@ -370,15 +373,12 @@ def emodeca_loss(
 # ---------------------------------------------------------------------------------------------
 # Files.
 
-
-def _safetensors():
-    import safetensors.torch
-
-    return safetensors.torch
+_ARCHITECTURES = {"EmoDecaMLP": (EmoDecaMLP, EmoDecaConfig)}
 
 
 def save_emodeca(model: EmoDecaMLP, folder: str | os.PathLike[str]) -> Path:
-    """Write ``folder/config.json`` (format, version, config) + ``folder/model.safetensors``.
+    """Write ``folder/config.json`` (format, version, config, ``classes``) +
+    ``folder/model.safetensors`` (:mod:`emorig.io.model_folder`).
 
     Both files are written atomically; the folder is created if needed.
 
@@ -387,25 +387,8 @@ def save_emodeca(model: EmoDecaMLP, folder: str | os.PathLike[str]) -> Path:
     """
     if not isinstance(model, EmoDecaMLP):
         raise TypeError(f"expected an EmoDecaMLP, got {type(model).__name__}")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    data = _safetensors().save(
-        state, metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}
-    )
-    meta = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "architecture": "EmoDecaMLP",
-        "classes": list(EMOTION_CLASSES),
-        "config": dataclasses.asdict(model.config),
-    }
-    with atomic_write(folder / WEIGHTS_NAME, "wb") as f:
-        f.write(data)
-    with atomic_write(folder / CONFIG_NAME, "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
-        f.write("\n")
-    return folder
+    extra = {"classes": list(EMOTION_CLASSES)}
+    return save_model_folder(model, folder, _FORMAT, "EmoDecaMLP", extra=extra)
 
 
 def load_emodeca(
@@ -417,48 +400,4 @@ def load_emodeca(
         AssetError: missing files, another format, a newer version, unknown settings or
             weights that do not match the configuration.
     """
-    folder = Path(folder)
-    cfg_path = folder / CONFIG_NAME
-    with reading(str(cfg_path)), open(cfg_path, encoding="utf-8") as f:
-        try:
-            meta = json.load(f)
-        except json.JSONDecodeError as err:
-            raise AssetError(str(cfg_path), f"not valid JSON ({short_reason(err)})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise AssetError(str(cfg_path), f"is not an {FORMAT_NAME} configuration")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise AssetError(
-            str(cfg_path),
-            f"has format version {version!r}; this emorig reads up to {FORMAT_VERSION} "
-            "(upgrade emorig)",
-        )
-    settings = meta.get("config")
-    fields = {f.name for f in dataclasses.fields(EmoDecaConfig)}
-    if not isinstance(settings, dict) or set(settings) - fields:
-        extra = sorted(set(settings) - fields) if isinstance(settings, dict) else settings
-        raise AssetError(str(cfg_path), f"has unknown config settings {extra!r}")
-    try:
-        model = EmoDecaMLP(EmoDecaConfig(**settings))
-    except (TypeError, ValueError) as err:
-        raise AssetError(str(cfg_path), f"invalid config ({short_reason(err)})") from None
-    weights = folder / WEIGHTS_NAME
-    with reading(str(weights)):
-        data = weights.read_bytes()
-    try:
-        tensors = _safetensors().load(data)
-    except Exception as err:
-        raise AssetError(
-            str(weights), f"not a readable safetensors file ({short_reason(err)})"
-        ) from None
-    expected = model.state_dict()
-    problems = sorted(set(expected) ^ set(tensors)) + sorted(
-        k for k in set(expected) & set(tensors) if tensors[k].shape != expected[k].shape
-    )
-    if problems:
-        shown = ", ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
-        raise AssetError(str(weights), f"does not match its config ({len(problems)} keys: {shown})")
-    model.load_state_dict(tensors)
-    if device is not None:
-        model = model.to(device)
-    return model.eval()
+    return cast(EmoDecaMLP, load_model_folder(folder, _FORMAT, _ARCHITECTURES, device=device))

@@ -3,37 +3,43 @@ it small: ``python -m emorig.weights.pack RUN/model src/emorig/weights/demo/NAME
 
 Loading converts the weights back to the model's float32 parameters; float16 keeps about
 three significant digits, far below what the demo's metrics resolve. Integer buffers (e.g.
-batch-norm counters) are kept as they are.
+batch-norm counters) are kept as they are. Any family's folder is accepted; it is read and
+written by :mod:`emorig.io.model_folder` (its format name, version and weights metadata are
+kept).
 """
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
-from emorig.errors import EmorigError
 from emorig.io.atomic import atomic_write
+from emorig.io.model_folder import (
+    WEIGHTS_NAME,
+    read_folder_config,
+    read_safetensors,
+    write_model_folder,
+)
+
+#: Files besides the model folder's own that are copied when present.
+EXTRA_FILES = ("training.json",)
 
 
 def pack(src: str | Path, dst: str | Path) -> Path:
-    """Write ``dst`` = ``src`` with floating-point tensors stored as float16."""
-    import safetensors.torch
+    """Write ``dst`` = ``src`` with floating-point tensors stored as float16.
 
+    Raises:
+        AssetError: ``src`` is not a readable model folder.
+    """
     src, dst = Path(src), Path(dst)
-    weights = src / "model.safetensors"
-    if not (src / "config.json").is_file() or not weights.is_file():
-        raise EmorigError(f"{src}: expected config.json and model.safetensors")
-    state = safetensors.torch.load_file(str(weights))
-    with safetensors.safe_open(str(weights), framework="pt") as f:
-        metadata = f.metadata()
+    info = read_folder_config(src)
+    state, metadata = read_safetensors(src / WEIGHTS_NAME)
     small = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    dst.mkdir(parents=True, exist_ok=True)
-    with atomic_write(dst / "model.safetensors", "wb") as f:
-        f.write(safetensors.torch.save(small, metadata=metadata))
-    for extra in ("config.json", "training.json"):
+    write_model_folder(dst, info.meta, small, metadata)
+    for extra in EXTRA_FILES:
         if (src / extra).is_file():
-            shutil.copyfile(src / extra, dst / extra)
+            with atomic_write(dst / extra, "wb") as f:
+                f.write((src / extra).read_bytes())
     return dst
 
 
