@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from emorig.errors import EmorigError
-from emorig.faces.backends import Detection, FaceBackend
+from emorig.faces.detection import Detection, FaceBackend
 
 DETECT_MAX_SIDE = 1280  # larger photos are detected on a downscaled copy
 # dlib's HOG scores: faces in portraits score about 0.5 to 2, clutter mistaken for a face

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from emorig.errors import EmorigError
-from emorig.faces.backends import Detection, FaceBackend
+from emorig.faces.detection import Detection, FaceBackend
 
 N_DENSE = 478
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from emorig.assets import obtain_text
+from emorig.assets.catalogue import obtain_text
 from emorig.errors import AssetError
 from emorig.flame.data import FlameData, LandmarkEmbedding, MediapipeEmbedding
 from emorig.io.atomic import save_npz_atomic

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emorig.assets import obtain_text
+from emorig.assets.catalogue import obtain_text
 from emorig.errors import AssetError, reading
 from emorig.flame.data import UVLayout
 from emorig.io.atomic import atomic_write

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from emorig.assets import obtain_text
+from emorig.assets.catalogue import obtain_text
 from emorig.errors import AssetError, reading, short_reason
 from emorig.io.pickles import read_npy_header
 

@@ -256,6 +256,144 @@ def _resolve_group(
     keys.scatter_reduce_(0, pixel, key, reduce="amin", include_self=True)
 
 
+def _group_faces(kept: Tensor, nx: Tensor, ny: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Sort the kept faces by window size (bounding box rounded up to powers of two).
+
+    Returns ``(kept, labels, sizes)``: the flat ``b * F + f`` indices in group order, and the
+    ``ly * 32 + lx`` label and face count of each group, so that groups are slices.
+    """
+    lx, ly = (torch.ceil(torch.log2(n[kept].to(torch.float32))).long() for n in (nx, ny))
+    lx += (1 << lx) < nx[kept]  # guard against log2 rounding
+    ly += (1 << ly) < ny[kept]
+    group = ly * 32 + lx
+    group, order = torch.sort(_group_windows(group, _GROUP_OVERHEAD)[group])
+    kept = kept[order]
+    labels, sizes = torch.unique_consecutive(group, return_counts=True)
+    return kept, labels, sizes
+
+
+def _fill_keys(
+    keys: Tensor,
+    kept: Tensor,
+    setup: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
+    n_faces: int,
+    image_size: tuple[int, int],
+    perspective_correct: bool,
+    chunk_fragments: int,
+) -> None:
+    """Fold the fragments of the ``kept`` faces into the z-buffer ``keys``, group by group.
+
+    Args:
+        keys: (B H W,) int64 z-buffer keys, updated in place.
+        kept: flat ``b * F + f`` indices of the faces to draw (non-empty).
+        setup: ``(table, x0, y0, nx, ny)`` of every ``b * F + f`` (see :func:`_face_setup`).
+        n_faces: F; image_size: ``(H, W)``.
+    """
+    h, w = image_size
+    hw = h * w
+    table, x0, y0, nx, ny = setup
+    # Group faces by bounding-box size rounded up to powers of two (KY, KX) and
+    # put every per-face array in group order, so that groups are slices.
+    kept, labels, sizes = _group_faces(kept, nx, ny)
+    table, x0, y0, nx, ny = (t.index_select(0, kept) for t in (table, x0, y0, nx, ny))
+    face_id = kept % n_faces
+    origin = torch.div(kept, n_faces, rounding_mode="floor") * hw + y0 * w + x0
+    start = 0
+    for label, size in zip(labels.tolist(), sizes.tolist(), strict=True):
+        log_window = (label // 32, label % 32)
+        step = max(1, chunk_fragments >> (log_window[0] + log_window[1]))
+        for s in range(start, start + size, step):
+            part = slice(s, min(s + step, start + size))
+            _resolve_group(
+                keys,
+                table[part],
+                face_id[part],
+                origin[part],
+                x0[part],
+                y0[part],
+                nx[part],
+                ny[part],
+                log_window,
+                w,
+                perspective_correct,
+            )
+        start += size
+
+
+def _covered_pixels(
+    keys: Tensor, faces: Tensor, n_vertices: int, image_size: tuple[int, int]
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Decode the z-buffer: ``(covered, face, row, col, corner)`` of every covered pixel.
+
+    ``covered`` is the flat ``b * H W + y W + x`` index, ``face`` the winning face, ``row`` and
+    ``col`` the pixel and ``corner`` the (M 3,) rows of its face's vertices in the (B V) ones.
+    """
+    h, w = image_size
+    hw = h * w
+    covered = (keys != _NO_FRAGMENT).nonzero().squeeze(1)  # flat b * H W + y W + x
+    face = keys[covered] & _LOW32
+    batch = torch.div(covered, hw, rounding_mode="floor")
+    pixel = covered - batch * hw
+    row = torch.div(pixel, w, rounding_mode="floor")
+    col = pixel - row * w
+    corner = (batch[:, None] * n_vertices + faces[face]).flatten()  # rows of the (B V) vertices
+    return covered, face, row, col, corner
+
+
+def _barycentrics(
+    screen_vertices: Tensor,
+    corner: Tensor,
+    row: Tensor,
+    col: Tensor,
+    image_size: tuple[int, int],
+    perspective_correct: bool,
+) -> tuple[Tensor, Tensor]:
+    """Differentiable ``(bary (M, 3), depth (M,))`` of the pixel centres in the selected faces."""
+    h, w = image_size
+    b, v, _ = screen_vertices.shape
+    dtype = screen_vertices.dtype
+    flat = screen_vertices.reshape(b * v, 3)
+    x, y, z = (flat[:, k].index_select(0, corner).view(-1, 3) for k in range(3))  # (M, 3)
+    rx = (x + 1.0) * (w / 2.0) - (col.to(dtype) + 0.5)[:, None]  # vertex - pixel centre
+    ry = (y + 1.0) * (h / 2.0) - (row.to(dtype) + 0.5)[:, None]
+    rx0, rx1, rx2 = rx.unbind(1)
+    ry0, ry1, ry2 = ry.unbind(1)
+    # e_k = (v_{k+1} - p) x (v_{k+2} - p): twice the signed area of the sub-triangle opposite v_k.
+    e = torch.stack([rx1 * ry2 - ry1 * rx2, rx2 * ry0 - ry2 * rx0, rx0 * ry1 - ry0 * rx1], 1)
+    bary = e / e.sum(1, keepdim=True)
+    if perspective_correct:
+        weighted = bary / z
+        total = weighted.sum(1, keepdim=True)
+        bary = weighted / total
+        depth = 1.0 / total.squeeze(1)
+    else:
+        depth = (bary * z).sum(1)
+    return bary, depth
+
+
+def _fragments(
+    screen_vertices: Tensor,
+    image_size: tuple[int, int],
+    covered: Tensor,
+    face: Tensor,
+    bary: Tensor,
+    depth: Tensor,
+) -> Fragments:
+    """Scatter the covered pixels' face, barycentrics and depth into full (B, H, W) images."""
+    h, w = image_size
+    b = screen_vertices.shape[0]
+    hw = h * w
+    pix_to_face = torch.full((b * hw,), -1, dtype=torch.int64, device=screen_vertices.device)
+    pix_to_face[covered] = face
+    bary_full = screen_vertices.new_zeros(b * hw, 3).index_copy_(0, covered, bary)
+    zbuf = screen_vertices.new_full((b * hw,), float("inf")).index_copy_(0, covered, depth)
+    return Fragments(
+        pix_to_face=pix_to_face.view(b, h, w),
+        bary=bary_full.view(b, h, w, 3),
+        zbuf=zbuf.view(b, h, w),
+    )
+
+
 def rasterize(
     screen_vertices: Tensor,
     faces: Tensor,
@@ -307,7 +445,6 @@ def rasterize(
     f = faces.shape[0]
     device, dtype = screen_vertices.device, screen_vertices.dtype
     work_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    hw = h * w
 
     with torch.no_grad():
         sv = screen_vertices.detach().to(work_dtype)
@@ -316,73 +453,12 @@ def rasterize(
         valid, table, x0, y0, nx, ny = _face_setup(
             px, py, sv[..., 2], faces, (h, w), perspective_correct, cull_backfaces
         )
+        setup = (table, x0, y0, nx, ny)
         kept = valid.nonzero().squeeze(1)  # flat b * F + f
-        keys = torch.full((b * hw,), _NO_FRAGMENT, dtype=torch.int64, device=device)
+        keys = torch.full((b * h * w,), _NO_FRAGMENT, dtype=torch.int64, device=device)
         if kept.numel():
-            # Group faces by bounding-box size rounded up to powers of two (KY, KX) and
-            # put every per-face array in group order, so that groups are slices.
-            lx, ly = (torch.ceil(torch.log2(n[kept].to(torch.float32))).long() for n in (nx, ny))
-            lx += (1 << lx) < nx[kept]  # guard against log2 rounding
-            ly += (1 << ly) < ny[kept]
-            group = ly * 32 + lx
-            group, order = torch.sort(_group_windows(group, _GROUP_OVERHEAD)[group])
-            kept = kept[order]
-            labels, sizes = torch.unique_consecutive(group, return_counts=True)
-            table, x0, y0, nx, ny = (t.index_select(0, kept) for t in (table, x0, y0, nx, ny))
-            face_id = kept % f
-            origin = torch.div(kept, f, rounding_mode="floor") * hw + y0 * w + x0
-            start = 0
-            for label, size in zip(labels.tolist(), sizes.tolist(), strict=True):
-                log_window = (label // 32, label % 32)
-                step = max(1, chunk_fragments >> (log_window[0] + log_window[1]))
-                for s in range(start, start + size, step):
-                    part = slice(s, min(s + step, start + size))
-                    _resolve_group(
-                        keys,
-                        table[part],
-                        face_id[part],
-                        origin[part],
-                        x0[part],
-                        y0[part],
-                        nx[part],
-                        ny[part],
-                        log_window,
-                        w,
-                        perspective_correct,
-                    )
-                start += size
-        covered = (keys != _NO_FRAGMENT).nonzero().squeeze(1)  # flat b * H W + y W + x
-        face = keys[covered] & _LOW32
-        batch = torch.div(covered, hw, rounding_mode="floor")
-        pixel = covered - batch * hw
-        row = torch.div(pixel, w, rounding_mode="floor")
-        col = pixel - row * w
-        corner = (batch[:, None] * v + faces[face]).flatten()  # rows of the (B V) vertices
+            _fill_keys(keys, kept, setup, f, (h, w), perspective_correct, chunk_fragments)
+        covered, face, row, col, corner = _covered_pixels(keys, faces, v, (h, w))
 
-    # Differentiable barycentrics of the pixel centres in the selected faces.
-    flat = screen_vertices.reshape(b * v, 3)
-    x, y, z = (flat[:, k].index_select(0, corner).view(-1, 3) for k in range(3))  # (M, 3)
-    rx = (x + 1.0) * (w / 2.0) - (col.to(dtype) + 0.5)[:, None]  # vertex - pixel centre
-    ry = (y + 1.0) * (h / 2.0) - (row.to(dtype) + 0.5)[:, None]
-    rx0, rx1, rx2 = rx.unbind(1)
-    ry0, ry1, ry2 = ry.unbind(1)
-    # e_k = (v_{k+1} - p) x (v_{k+2} - p): twice the signed area of the sub-triangle opposite v_k.
-    e = torch.stack([rx1 * ry2 - ry1 * rx2, rx2 * ry0 - ry2 * rx0, rx0 * ry1 - ry0 * rx1], 1)
-    bary = e / e.sum(1, keepdim=True)
-    if perspective_correct:
-        weighted = bary / z
-        total = weighted.sum(1, keepdim=True)
-        bary = weighted / total
-        depth = 1.0 / total.squeeze(1)
-    else:
-        depth = (bary * z).sum(1)
-
-    pix_to_face = torch.full((b * hw,), -1, dtype=torch.int64, device=device)
-    pix_to_face[covered] = face
-    bary_full = screen_vertices.new_zeros(b * hw, 3).index_copy_(0, covered, bary)
-    zbuf = screen_vertices.new_full((b * hw,), float("inf")).index_copy_(0, covered, depth)
-    return Fragments(
-        pix_to_face=pix_to_face.view(b, h, w),
-        bary=bary_full.view(b, h, w, 3),
-        zbuf=zbuf.view(b, h, w),
-    )
+    bary, depth = _barycentrics(screen_vertices, corner, row, col, (h, w), perspective_correct)
+    return _fragments(screen_vertices, (h, w), covered, face, bary, depth)

@@ -341,25 +341,12 @@ def _seed_of(seed: int, index: int) -> int:
     return (seed * 0x9E3779B1 + index * 0x85EBCA77 + 0x27D4EB2F) % (2**62)
 
 
-def plan_dataset(renderer: FaceRenderer, config: SynthDatasetConfig) -> SynthPlan:
-    """Draw every random choice of a dataset (cheap: no rendering).
-
-    Args:
-        renderer: a :class:`FaceRenderer` of the built-in head.
-        config: the dataset.
-
-    Returns:
-        The plan on the renderer's device.
-    """
-    config.validate()
-    _check_renderer(renderer)
-    style = config.style
-    dev = renderer.flame.v_template.device
-    gen = torch.Generator().manual_seed(int(config.seed))
-    n, n_groups = config.count, config.n_groups
-    groups, views = _group_layout(config)
-    n_s, n_e, n_a = renderer.flame.n_shape, renderer.flame.n_expression, max(renderer.n_albedo, 0)
-
+def _identities(
+    renderer: FaceRenderer, config: SynthDatasetConfig, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """(G, S) shape and (G, T) albedo of every identity group."""
+    style, n_groups = config.style, config.n_groups
+    n_s, n_a = renderer.flame.n_shape, max(renderer.n_albedo, 0)
     # identities from the training sampler (named components only); everything else is drawn
     # below with photo-like statistics
     base = sample_codes(
@@ -380,71 +367,140 @@ def plan_dataset(renderer: FaceRenderer, config: SynthDatasetConfig) -> SynthPla
         style.shape_detail_std
     )
     albedo = _albedo(n_groups, n_a, style, gen)
-    shape, albedo = shape[groups], albedo[groups]
+    return shape, albedo
 
-    # per image (multiview: per group) expression, jaw, pose, gaze and light
-    per_group = config.mode == "multiview"
-    m_draw = n_groups if per_group else n
-    pick = groups if per_group else torch.arange(n)
-    expression = _free_expressions(m_draw, n_e, style, gen)
-    jaw = torch.zeros(m_draw, 3)
-    jaw[:, 0] = torch.rand(m_draw, generator=gen) ** 2 * style.jaw_max * _DEG
-    light = _photo_light(m_draw, style, gen)
-    yaw = (torch.rand(m_draw, generator=gen) * 2 - 1) * style.yaw
-    pitch = (torch.rand(m_draw, generator=gen) * 2 - 1) * style.pitch
-    roll = (torch.rand(m_draw, generator=gen) * 2 - 1) * style.roll
-    gaze = torch.randn(m_draw, 2, generator=gen) * style.gaze
-    follow = _uniform(*style.gaze_follow, m_draw, gen)
-    expression, jaw, light = expression[pick], jaw[pick], light[pick]
-    yaw, pitch, roll, gaze, follow = yaw[pick], pitch[pick], roll[pick], gaze[pick], follow[pick]
-    if per_group:
-        # the camera moves round a still subject: gaze fixed in the head, the light turns with
-        # the head (first order rotated, second order dropped)
-        yaw = (
-            torch.linspace(-config.max_yaw, config.max_yaw, config.views)[views]
-            if config.views > 1
-            else torch.zeros(n)
-        )
-        follow = torch.zeros(n)
-        turn = yaw_pitch_roll_to_matrix(yaw * _DEG, torch.zeros(n), torch.zeros(n))
-        light = light.clone()
-        light[:, 1:4] = turn @ light[:, 1:4]
-        light[:, 4:] = 0.0
 
-    # emotion presets: balanced classes over the labelled faces (or groups)
-    labelled = torch.rand(m_draw, generator=gen) < config.emotion_fraction
-    classes = torch.arange(m_draw) % len(EMOTION_CLASSES)
-    classes = classes[torch.randperm(m_draw, generator=gen)]
+@dataclass
+class _Looks:
+    """Per-image expression, jaw, light, head pose (degrees) and gaze draws."""
+
+    expression: Tensor
+    jaw: Tensor
+    light: Tensor
+    yaw: Tensor
+    pitch: Tensor
+    roll: Tensor
+    gaze: Tensor
+    follow: Tensor
+
+    def take(self, pick: Tensor) -> _Looks:
+        return _Looks(*(getattr(self, f.name)[pick] for f in dataclasses.fields(self)))
+
+
+def _draw_looks(m: int, n_expr: int, style: PhotoStyle, gen: torch.Generator) -> _Looks:
+    """``m`` draws of expression, jaw, light, pose and gaze, in this order."""
+    expression = _free_expressions(m, n_expr, style, gen)
+    jaw = torch.zeros(m, 3)
+    jaw[:, 0] = torch.rand(m, generator=gen) ** 2 * style.jaw_max * _DEG
+    light = _photo_light(m, style, gen)
+    yaw = (torch.rand(m, generator=gen) * 2 - 1) * style.yaw
+    pitch = (torch.rand(m, generator=gen) * 2 - 1) * style.pitch
+    roll = (torch.rand(m, generator=gen) * 2 - 1) * style.roll
+    gaze = torch.randn(m, 2, generator=gen) * style.gaze
+    follow = _uniform(*style.gaze_follow, m, gen)
+    return _Looks(expression, jaw, light, yaw, pitch, roll, gaze, follow)
+
+
+def _orbit_camera(looks: _Looks, config: SynthDatasetConfig, views: Tensor) -> None:
+    """Multiview: the camera moves round a still subject; gaze fixed in the head, the light
+    turns with the head (first order rotated, second order dropped)."""
+    n = views.shape[0]
+    looks.yaw = (
+        torch.linspace(-config.max_yaw, config.max_yaw, config.views)[views]
+        if config.views > 1
+        else torch.zeros(n)
+    )
+    looks.follow = torch.zeros(n)
+    turn = yaw_pitch_roll_to_matrix(looks.yaw * _DEG, torch.zeros(n), torch.zeros(n))
+    light = looks.light.clone()
+    light[:, 1:4] = turn @ light[:, 1:4]
+    light[:, 4:] = 0.0
+    looks.light = light
+
+
+def _draw_emotions(
+    m: int, n_expr: int, config: SynthDatasetConfig, gen: torch.Generator, pick: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Emotion presets, balanced classes over the labelled faces (or groups): (N,) labels
+    (-1 unlabelled), (N,) intensity (NaN unlabelled) and (N, E) expression jitter."""
+    style = config.style
+    labelled = torch.rand(m, generator=gen) < config.emotion_fraction
+    classes = torch.arange(m) % len(EMOTION_CLASSES)
+    classes = classes[torch.randperm(m, generator=gen)]
     labels = torch.where(labelled, classes, torch.full_like(classes, -1))
-    intensity = _uniform(*style.emotion_intensity, m_draw, gen)
-    jitter = torch.randn(m_draw, n_e, generator=gen) * style.emotion_noise
+    intensity = _uniform(*style.emotion_intensity, m, gen)
+    jitter = torch.randn(m, n_expr, generator=gen) * style.emotion_noise
     labels, intensity, jitter = labels[pick], intensity[pick], jitter[pick]
     intensity = torch.where(labels >= 0, intensity, torch.full_like(intensity, math.nan))
+    return labels, intensity, jitter
 
+
+def _draw_framing(
+    config: SynthDatasetConfig, gen: torch.Generator, noise_key: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(N, 3) framing jitter (scale, x, y) and (N,) backdrop and noise seeds."""
+    n, style = config.count, config.style
     framing = torch.empty(n, 3)
     framing[:, 0] = (torch.rand(n, generator=gen) * 2 - 1) * style.framing_scale
     framing[:, 1:] = (torch.rand(n, 2, generator=gen) * 2 - 1) * style.framing_shift
-    noise_key = groups if per_group else torch.arange(n)
     noise_seeds = torch.tensor([_seed_of(config.seed, int(i)) for i in noise_key])
+    return framing, noise_seeds
 
-    rot = yaw_pitch_roll_to_matrix(yaw * _DEG, pitch * _DEG, roll * _DEG)
+
+def _posed_code(shape: Tensor, albedo: Tensor, looks: _Looks) -> FaceCode:
+    """The codes of the drawn faces, eyes following the camera by ``looks.follow``."""
+    n = shape.shape[0]
+    yaw, pitch, follow, gaze = looks.yaw, looks.pitch, looks.follow, looks.gaze
+    rot = yaw_pitch_roll_to_matrix(yaw * _DEG, pitch * _DEG, looks.roll * _DEG)
     eyes = torch.zeros(n, 6)
     eye_yaw = (-follow * yaw + gaze[:, 0]).clamp(-25, 25) * _DEG
     eye_pitch = (-follow * pitch + gaze[:, 1]).clamp(-15, 15) * _DEG
     eyes[:, 0], eyes[:, 1] = eye_pitch, eye_yaw
     eyes[:, 3], eyes[:, 4] = eye_pitch, eye_yaw
-    code = FaceCode(
+    return FaceCode(
         shape=shape,
-        expression=expression,
+        expression=looks.expression,
         global_pose=matrix_to_axis_angle(rot),
-        jaw_pose=jaw,
+        jaw_pose=looks.jaw,
         camera=torch.tensor([[10.0, 0.0, 0.0]]).expand(n, 3).clone(),
-        light=light,
+        light=looks.light,
         albedo=albedo,
         neck_pose=torch.zeros(n, 3),
         eye_pose=eyes,
     )
-    code, va = _apply_presets(code, labels, intensity, jitter)
+
+
+def plan_dataset(renderer: FaceRenderer, config: SynthDatasetConfig) -> SynthPlan:
+    """Draw every random choice of a dataset (cheap: no rendering).
+
+    Args:
+        renderer: a :class:`FaceRenderer` of the built-in head.
+        config: the dataset.
+
+    Returns:
+        The plan on the renderer's device.
+    """
+    config.validate()
+    _check_renderer(renderer)
+    dev = renderer.flame.v_template.device
+    gen = torch.Generator().manual_seed(int(config.seed))
+    n = config.count
+    groups, views = _group_layout(config)
+    n_e = renderer.flame.n_expression
+    shape, albedo = _identities(renderer, config, gen)
+    shape, albedo = shape[groups], albedo[groups]
+
+    # per image (multiview: per group) expression, jaw, pose, gaze and light
+    per_group = config.mode == "multiview"
+    m_draw = config.n_groups if per_group else n
+    pick = groups if per_group else torch.arange(n)
+    looks = _draw_looks(m_draw, n_e, config.style, gen).take(pick)
+    if per_group:
+        _orbit_camera(looks, config, views)
+    labels, intensity, jitter = _draw_emotions(m_draw, n_e, config, gen, pick)
+    framing, noise_seeds = _draw_framing(config, gen, groups if per_group else torch.arange(n))
+
+    code, va = _apply_presets(_posed_code(shape, albedo, looks), labels, intensity, jitter)
     as_dev = lambda t: t.to(dev)  # noqa: E731
     return SynthPlan(
         code=code.to(dev),
@@ -453,7 +509,7 @@ def plan_dataset(renderer: FaceRenderer, config: SynthDatasetConfig) -> SynthPla
         valence_arousal=as_dev(va),
         groups=as_dev(groups),
         views=as_dev(views),
-        yaw=as_dev(yaw),
+        yaw=as_dev(looks.yaw),
         framing=as_dev(framing),
         noise_seeds=as_dev(noise_seeds),
     )
@@ -764,6 +820,87 @@ def _none_if_nan(value: float) -> float | None:
     return None if math.isnan(value) else round(float(value), 6)
 
 
+def _write_images(
+    config: SynthDatasetConfig,
+    renderer: FaceRenderer,
+    out: Path,
+    batch_size: int,
+    progress: Callable[[Iterable], Iterable] | None,
+) -> tuple[SynthFaces, list[Path], dict[int, np.ndarray]]:
+    """Render and save every image; the faces, their files and the contact sheet's pixels."""
+    stream = _Stream(
+        iter_synth_faces(config, renderer, batch_size=batch_size, with_buffers=False),
+        config.count,
+    )
+    members = _sheet_members(config)
+    thumbs: dict[int, np.ndarray] = {}
+    files: list[Path] = []
+    for i, image in progress(stream) if progress is not None else stream:
+        pixels = to_uint8(image)
+        files.append(save_png(pixels, out / "images" / f"{i:06d}.png"))
+        if i in members:
+            thumbs[i] = pixels
+    return _concat(stream.done), files, thumbs
+
+
+def _write_codes(path: Path, faces: SynthFaces, rel: list[str]) -> None:
+    """``codes.npz``: the code fields and every truth array, one row per image."""
+    arrays = {name: getattr(faces.code, name).cpu().numpy() for name in CODE_FIELDS}
+    arrays.update(
+        landmarks=faces.landmarks.cpu().numpy(),
+        labels=faces.labels.cpu().numpy(),
+        intensity=faces.intensity.cpu().numpy(),
+        valence_arousal=faces.valence_arousal.cpu().numpy(),
+        groups=faces.groups.cpu().numpy(),
+        views=faces.views.cpu().numpy(),
+        yaw=faces.yaw.cpu().numpy(),
+        files=np.array(rel),
+    )
+    save_npz_atomic(path, **arrays)
+
+
+def _image_info(count: int, faces: SynthFaces, rel: list[str]) -> list[dict]:
+    """The readable per-image entries of ``labels.json``."""
+    info = []
+    for i in range(count):
+        label = int(faces.labels[i])
+        va = faces.valence_arousal[i].tolist()
+        info.append(
+            {
+                "file": rel[i],
+                "index": i,
+                "group": int(faces.groups[i]),
+                "view": int(faces.views[i]),
+                "yaw_degrees": round(float(faces.yaw[i]), 4),
+                "label": label,
+                "emotion": EMOTION_CLASSES[label] if label >= 0 else None,
+                "intensity": _none_if_nan(float(faces.intensity[i])),
+                "valence": _none_if_nan(va[0]),
+                "arousal": _none_if_nan(va[1]),
+            }
+        )
+    return info
+
+
+def _write_labels(path: Path, config: SynthDatasetConfig, head_name: str, info: list[dict]):
+    """``labels.json``: the per-image entries, the config and the conventions."""
+    payload = {
+        "synthetic": True,
+        "note": SYNTHETIC_NOTE,
+        "head": head_name,
+        "config": dataclasses.asdict(config),
+        "emotion_classes": list(EMOTION_CLASSES),
+        "codes": "codes.npz",
+        "conventions": "images float [0,1] saved as 8-bit RGB; FaceCode fields as in "
+        "emorig.types (axis-angle radians, DECA orthographic camera framed FFHQ-like); "
+        "landmarks: DECA 68 in image NDC, x right, y down",
+        "images": info,
+    }
+    with atomic_write(path, "w") as f:
+        json.dump(payload, f, indent=1, allow_nan=False)
+        f.write("\n")
+
+
 def write_dataset(
     config: SynthDatasetConfig,
     out_dir: str | os.PathLike[str],
@@ -798,71 +935,14 @@ def write_dataset(
         raise EmorigError(f"{out}: exists and is not a folder")
     (out / "images").mkdir(parents=True, exist_ok=True)
     renderer = renderer if renderer is not None else _default_renderer(device)
-    head_name = renderer.head_name
-    stream = _Stream(
-        iter_synth_faces(config, renderer, batch_size=batch_size, with_buffers=False),
-        config.count,
-    )
-    members = _sheet_members(config)
-    thumbs: dict[int, np.ndarray] = {}
-    files: list[Path] = []
-    for i, image in progress(stream) if progress is not None else stream:
-        pixels = to_uint8(image)
-        files.append(save_png(pixels, out / "images" / f"{i:06d}.png"))
-        if i in members:
-            thumbs[i] = pixels
-    faces = _concat(stream.done)
+    faces, files, thumbs = _write_images(config, renderer, out, batch_size, progress)
     rel = [f"images/{p.name}" for p in files]
-
-    arrays = {name: getattr(faces.code, name).cpu().numpy() for name in CODE_FIELDS}
-    arrays.update(
-        landmarks=faces.landmarks.cpu().numpy(),
-        labels=faces.labels.cpu().numpy(),
-        intensity=faces.intensity.cpu().numpy(),
-        valence_arousal=faces.valence_arousal.cpu().numpy(),
-        groups=faces.groups.cpu().numpy(),
-        views=faces.views.cpu().numpy(),
-        yaw=faces.yaw.cpu().numpy(),
-        files=np.array(rel),
-    )
     codes_path = out / "codes.npz"
-    save_npz_atomic(codes_path, **arrays)
-
-    info = []
-    for i in range(config.count):
-        label = int(faces.labels[i])
-        va = faces.valence_arousal[i].tolist()
-        info.append(
-            {
-                "file": rel[i],
-                "index": i,
-                "group": int(faces.groups[i]),
-                "view": int(faces.views[i]),
-                "yaw_degrees": round(float(faces.yaw[i]), 4),
-                "label": label,
-                "emotion": EMOTION_CLASSES[label] if label >= 0 else None,
-                "intensity": _none_if_nan(float(faces.intensity[i])),
-                "valence": _none_if_nan(va[0]),
-                "arousal": _none_if_nan(va[1]),
-            }
-        )
+    _write_codes(codes_path, faces, rel)
+    info = _image_info(config.count, faces, rel)
     sheet_path = save_png(_sheet(config, thumbs, info), out / "contact_sheet.png")
-    payload = {
-        "synthetic": True,
-        "note": SYNTHETIC_NOTE,
-        "head": head_name,
-        "config": dataclasses.asdict(config),
-        "emotion_classes": list(EMOTION_CLASSES),
-        "codes": "codes.npz",
-        "conventions": "images float [0,1] saved as 8-bit RGB; FaceCode fields as in "
-        "emorig.types (axis-angle radians, DECA orthographic camera framed FFHQ-like); "
-        "landmarks: DECA 68 in image NDC, x right, y down",
-        "images": info,
-    }
     labels_path = out / "labels.json"
-    with atomic_write(labels_path, "w") as f:
-        json.dump(payload, f, indent=1, allow_nan=False)
-        f.write("\n")
+    _write_labels(labels_path, config, renderer.head_name, info)
     return SynthDatasetResult(
         out, files, codes_path, labels_path, sheet_path, time.perf_counter() - t0
     )

@@ -432,6 +432,144 @@ def _generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 131 + rank)
 
 
+@dataclass
+class _EmotionRun:
+    """The state of a training run between steps: data, model, optimiser and the best model."""
+
+    accelerator: Any
+    train_set: EmotionSet
+    val_set: EmotionSet
+    model: Any  # as prepared by Accelerate
+    optimizer: Any
+    raw: ResNetEmotionRecognizer  # the unwrapped model
+    step: int = 0
+    best_loss: float = math.inf
+    best_step: int = 0
+    bad: int = 0  # validations in a row without improvement
+    best_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    best_state: dict[str, Tensor] | None = None
+    stopped: bool = False
+
+
+def _start_run(cfg: EmotionTrainConfig, accelerator: Any) -> _EmotionRun:
+    """Data, a new (or ``cfg.init``) model and its optimiser, resumed from the newest matching
+    checkpoint in ``cfg.out`` if there is one, prepared by Accelerate."""
+    train_set, val_set = _load_data(cfg, accelerator.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = _build_model(cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    resumed: dict[str, Any] = {}
+    state = resume_run(Path(cfg.out), cfg, model, optimizer)
+    if state is not None:
+        resumed = {
+            "step": int(state["step"]),
+            "best_loss": float(state["best_loss"]),
+            "best_step": int(state["best_step"]),
+            "bad": int(state["bad"]),
+            "best_metrics": json.loads(state["best_metrics"]),
+            "best_state": state.get("best_model"),
+        }
+    model.train()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    run = _EmotionRun(
+        accelerator, train_set, val_set, model, optimizer, accelerator.unwrap_model(model)
+    )
+    for name, value in resumed.items():
+        setattr(run, name, value)
+    run.stopped = cfg.patience > 0 and run.bad >= cfg.patience
+    return run
+
+
+def _train_step(cfg: EmotionTrainConfig, run: _EmotionRun) -> dict[str, Any]:
+    """One optimiser step on a class-balanced, augmented batch; the step's log record."""
+    accelerator, data, step = run.accelerator, run.train_set, run.step
+    device = accelerator.device
+    g = _generator(cfg.seed, step, accelerator.process_index)
+    idx = balanced_indices(data.labels, cfg.batch_size, g)
+    images = data.load(idx, cfg.input_size).to(device)
+    if cfg.augment:
+        images = augment(images, g)
+    labels = data.labels[idx].to(device)
+    va = data.valence_arousal[idx].to(device)
+    has_va = data.has_va[idx]
+    with accelerator.autocast():
+        _, loss, parts = _loss(run.model, images, labels, va, has_va, g, cfg.va_scheme, True)
+    if not torch.isfinite(loss):
+        raise EmorigError(f"step {step}: the loss is {float(loss)}; lower --lr or check data")
+    run.optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    run.optimizer.step()
+    run.step = step = step + 1
+    return {"step": step, "loss": float(loss.detach()), **parts}
+
+
+def _validate(cfg: EmotionTrainConfig, run: _EmotionRun, record: dict[str, Any]) -> None:
+    """Validate, keep the best model so far and decide on early stopping."""
+    metrics = evaluate_set(run.raw, run.val_set, cfg.input_size)
+    record.update({f"val_{k}": v for k, v in metrics.items()})
+    if metrics["nll"] < run.best_loss:
+        run.best_loss, run.best_step, run.bad = metrics["nll"], run.step, 0
+        run.best_metrics = metrics
+        run.best_state = {k: v.detach().cpu().clone() for k, v in run.raw.state_dict().items()}
+    else:
+        run.bad += 1
+    run.stopped = cfg.patience > 0 and run.bad >= cfg.patience
+
+
+def _log_and_save(
+    cfg: EmotionTrainConfig,
+    run: _EmotionRun,
+    record: dict[str, Any],
+    end: int,
+    progress: Callable[[int, int, dict[str, float]], None] | None,
+) -> None:
+    """Append the record to ``log.jsonl``, report it, and save a checkpoint when due."""
+    out, step = Path(cfg.out), run.step
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if progress is not None:
+        progress(step, cfg.steps, record)
+    if step % cfg.save_every == 0 or step == end or run.stopped:
+        extra = {} if run.best_state is None else {"best_model": run.best_state}
+        save_checkpoint(
+            out,
+            step,
+            {
+                "model": run.raw.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "best_loss": run.best_loss,
+                "best_step": run.best_step,
+                "bad": run.bad,
+                "best_metrics": json.dumps(run.best_metrics),
+                **extra,
+            },
+            cfg.to_dict(),
+            keep=cfg.keep,
+        )
+
+
+def _save_best(cfg: EmotionTrainConfig, run: _EmotionRun) -> Path:
+    """Save the best model with its ``training.json`` in ``cfg.out/model``; the folder."""
+    final = ResNetEmotionRecognizer(run.raw.config)
+    final.load_state_dict(run.best_state)
+    folder = save_recognizer(final, Path(cfg.out) / "model")
+    with atomic_write(folder / "training.json", "w") as f:
+        json.dump(
+            {
+                "config": cfg.to_dict(),
+                "best_step": run.best_step,
+                "validation": run.best_metrics,
+                "stopped_early": run.stopped,
+                "synthetic_data": cfg.data is None,
+            },
+            f,
+            indent=1,
+        )
+    return folder
+
+
 def train_emotion(
     cfg: EmotionTrainConfig,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
@@ -446,98 +584,20 @@ def train_emotion(
     from accelerate import Accelerator
 
     t0 = time.perf_counter()
-    out = Path(cfg.out)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu)
-    device = accelerator.device
-    train_set, val_set = _load_data(cfg, device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = _build_model(cfg)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start, best_loss, best_step, bad, best_metrics = 0, math.inf, 0, 0, {}
-    best_state: dict[str, Tensor] | None = None
-    state = resume_run(out, cfg, model, optimizer)
-    if state is not None:
-        start = int(state["step"])
-        best_loss, best_step = float(state["best_loss"]), int(state["best_step"])
-        bad, best_metrics = int(state["bad"]), json.loads(state["best_metrics"])
-        best_state = state.get("best_model")
-    model.train()
-    model, optimizer = accelerator.prepare(model, optimizer)
-    raw = accelerator.unwrap_model(model)
-    rank = accelerator.process_index
-    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    stopped = cfg.patience > 0 and bad >= cfg.patience
-    log_path = out / "log.jsonl"
-    step = start
-    while step < end and not stopped:
-        g = _generator(cfg.seed, step, rank)
-        idx = balanced_indices(train_set.labels, cfg.batch_size, g)
-        images = train_set.load(idx, cfg.input_size).to(device)
-        if cfg.augment:
-            images = augment(images, g)
-        labels = train_set.labels[idx].to(device)
-        va = train_set.valence_arousal[idx].to(device)
-        has_va = train_set.has_va[idx]
-        with accelerator.autocast():
-            _, loss, parts = _loss(model, images, labels, va, has_va, g, cfg.va_scheme, True)
-        if not torch.isfinite(loss):
-            raise EmorigError(f"step {step}: the loss is {float(loss)}; lower --lr or check data")
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        optimizer.step()
-        step += 1
-        record: dict[str, Any] = {"step": step, "loss": float(loss.detach()), **parts}
-        if step % cfg.val_every == 0 or step == cfg.steps:
-            metrics = evaluate_set(raw, val_set, cfg.input_size)
-            record.update({f"val_{k}": v for k, v in metrics.items()})
-            if metrics["nll"] < best_loss:
-                best_loss, best_step, bad, best_metrics = metrics["nll"], step, 0, metrics
-                best_state = {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
-            else:
-                bad += 1
-            stopped = cfg.patience > 0 and bad >= cfg.patience
+    run = _start_run(cfg, accelerator)
+    end = cfg.steps if stop_after is None else min(cfg.steps, run.step + stop_after)
+    while run.step < end and not run.stopped:
+        record = _train_step(cfg, run)
+        if run.step % cfg.val_every == 0 or run.step == cfg.steps:
+            _validate(cfg, run, record)
         if accelerator.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if progress is not None:
-                progress(step, cfg.steps, record)
-            if step % cfg.save_every == 0 or step == end or stopped:
-                extra = {} if best_state is None else {"best_model": best_state}
-                save_checkpoint(
-                    out,
-                    step,
-                    {
-                        "model": raw.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "best_loss": best_loss,
-                        "best_step": best_step,
-                        "bad": bad,
-                        "best_metrics": json.dumps(best_metrics),
-                        **extra,
-                    },
-                    cfg.to_dict(),
-                    keep=cfg.keep,
-                )
+            _log_and_save(cfg, run, record, end, progress)
         accelerator.wait_for_everyone()
     folder = None
-    if accelerator.is_main_process and (step == cfg.steps or stopped) and best_state is not None:
-        final = ResNetEmotionRecognizer(raw.config)
-        final.load_state_dict(best_state)
-        folder = save_recognizer(final, out / "model")
-        with atomic_write(folder / "training.json", "w") as f:
-            json.dump(
-                {
-                    "config": cfg.to_dict(),
-                    "best_step": best_step,
-                    "validation": best_metrics,
-                    "stopped_early": stopped,
-                    "synthetic_data": cfg.data is None,
-                },
-                f,
-                indent=1,
-            )
+    done = run.step == cfg.steps or run.stopped
+    if accelerator.is_main_process and done and run.best_state is not None:
+        folder = _save_best(cfg, run)
     return EmotionTrainResult(
-        step, stopped, best_step, best_metrics, folder, time.perf_counter() - t0
+        run.step, run.stopped, run.best_step, run.best_metrics, folder, time.perf_counter() - t0
     )

@@ -208,15 +208,46 @@ def _sphere_part(
     return verts, faces, uv, faces.copy()
 
 
-def build_mesh(anatomy: Anatomy = ANATOMY) -> HeadMesh:
-    """Tessellate the sculpture. Deterministic; about a second on one CPU core."""
+@dataclass(frozen=True)
+class _SkinGrid:
+    """The cast skin grid: column azimuths, ring elevations, positions and the top pole."""
+
+    theta: np.ndarray  # (C,)
+    phi: np.ndarray  # (R, C)
+    grid: np.ndarray  # (R, C, 3)
+    pole: np.ndarray  # (3,)
+    mouth_ring: int
+
+    @property
+    def n_ring(self) -> int:
+        return self.phi.shape[0]
+
+    @property
+    def n_col(self) -> int:
+        return self.theta.shape[0]
+
+
+@dataclass(frozen=True)
+class _Slit:
+    """Vertex ids of the skin grid with the mouth slit's lower-lip duplicates."""
+
+    vid: np.ndarray  # (R, C) grid vertex ids
+    lower_id: np.ndarray  # (R, C) the same with the slit's lower-lip copies
+    pole_id: int
+    mouth_cols: np.ndarray  # columns inside the mouth, corners included
+    slit_cols: np.ndarray  # columns with a duplicated vertex (corners excluded)
+    dup_ids: np.ndarray  # ids of the duplicates
+    n_skin: int
+
+
+def _cast_skin_grid(anatomy: Anatomy) -> _SkinGrid:
+    """Cast the ring/column grid and the top pole, exactly mirror-symmetric in x."""
     n_col = N_COLUMNS
     u = np.arange(n_col) / n_col
     theta = column_theta(u)
     theta[n_col // 2] = 0.0
     mouth_phi = find_mouth_phi(anatomy)
     phi = _ring_phis(theta, mouth_phi, anatomy)  # (R, C)
-    n_ring = phi.shape[0]
     grid = cast(ray_directions(np.broadcast_to(theta, phi.shape), phi), anatomy)
     # enforce exact mirror symmetry: column j mirrors column (C - j) % C
     mirror_col = (n_col - np.arange(n_col)) % n_col
@@ -224,34 +255,47 @@ def build_mesh(anatomy: Anatomy = ANATOMY) -> HeadMesh:
     pole = cast(ray_directions(np.zeros(1), np.full(1, np.pi / 2)), anatomy)[0]
     pole[0] = 0.0
     mouth_ring = sum(n for _, n in LOWER_KNOTS)
+    return _SkinGrid(theta, phi, grid, pole, mouth_ring)
 
-    # --- skin vertices: grid, pole, slit duplicates
-    verts = [grid.reshape(-1, 3), pole[None]]
+
+def _open_slit(skin: _SkinGrid, anatomy: Anatomy) -> _Slit:
+    """Number the grid vertices and duplicate the slit's inner columns for the lower lip."""
+    n_ring, n_col = skin.n_ring, skin.n_col
     vid = np.arange(n_ring * n_col).reshape(n_ring, n_col)
     pole_id = n_ring * n_col
     corner = anatomy.mouth_half_width
-    xs = grid[mouth_ring, :, 0]
-    front = np.abs(theta) < np.pi / 2
+    xs = skin.grid[skin.mouth_ring, :, 0]
+    front = np.abs(skin.theta) < np.pi / 2
     inside = front & (np.abs(xs) < corner)
     # the corners are the last columns inside; they stay shared by both lips
     mouth_cols = np.flatnonzero(inside)
     slit_cols = mouth_cols[1:-1]
     dup_ids = pole_id + 1 + np.arange(len(slit_cols))
     lower_id = vid.copy()
-    lower_id[mouth_ring, slit_cols] = dup_ids
-    verts.append(grid[mouth_ring, slit_cols])
+    lower_id[skin.mouth_ring, slit_cols] = dup_ids
     n_skin = pole_id + 1 + len(slit_cols)
+    return _Slit(vid, lower_id, pole_id, mouth_cols, slit_cols, dup_ids, n_skin)
 
-    faces, uv_faces = [], []
-    uv_cols = n_col + 1
-    uv_grid = np.stack(
+
+def _skin_uv_grid(n_ring: int, n_col: int) -> np.ndarray:
+    """(R, C + 1, 2) texture coordinates of the grid nodes (the seam column twice)."""
+    return np.stack(
         np.meshgrid(
-            np.arange(uv_cols) / n_col,
+            np.arange(n_col + 1) / n_col,
             SKIN_UV_V[0] + (SKIN_UV_V[1] - SKIN_UV_V[0] - 0.02) * np.arange(n_ring) / (n_ring - 1),
             indexing="xy",
         ),
         -1,
     )
+
+
+def _skin_faces(skin: _SkinGrid, slit: _Slit) -> tuple[list, list, list[np.ndarray]]:
+    """Triangles and uv triangles of the skin (grid quads, then the pole fan) and its uvs."""
+    n_ring, n_col, mouth_ring = skin.n_ring, skin.n_col, skin.mouth_ring
+    vid, lower_id = slit.vid, slit.lower_id
+    faces, uv_faces = [], []
+    uv_cols = n_col + 1
+    uv_grid = _skin_uv_grid(n_ring, n_col)
     uv_id = np.arange(n_ring * uv_cols).reshape(n_ring, uv_cols)
     for i in range(n_ring - 1):
         ids = lower_id if i < mouth_ring else vid  # rings below the slit use the lower lip copy
@@ -271,21 +315,18 @@ def build_mesh(anatomy: Anatomy = ANATOMY) -> HeadMesh:
     pole_uv0 = n_ring * uv_cols
     for j in range(n_col):
         jn = (j + 1) % n_col
-        faces.append((vid[-1, j], vid[-1, jn], pole_id))
+        faces.append((vid[-1, j], vid[-1, jn], slit.pole_id))
         uv_faces.append((uv_id[-1, j], uv_id[-1, j + 1], pole_uv0 + j))
     uv = [
         uv_grid.reshape(-1, 2),
         np.stack([(np.arange(n_col) + 0.5) / n_col, np.full(n_col, SKIN_UV_V[1])], -1),
     ]
+    return faces, uv_faces, uv
 
-    part = [np.full(n_skin, PART_SKIN)]
-    all_verts = np.concatenate(verts)
-    faces = np.asarray(faces, dtype=np.int64)
-    uv_faces = np.asarray(uv_faces, dtype=np.int64)
-    n_uv = sum(x.shape[0] for x in uv)
 
-    # --- eyeballs and mouth cavity
-    extra = [
+def _inner_parts(anatomy: Anatomy) -> list[tuple]:
+    """(label, center, radii, alphas, segments, uv box, yaw) of the eyeballs and mouth cavity."""
+    return [
         (
             PART_LEFT_EYE,
             anatomy.eye(+1),
@@ -314,9 +355,43 @@ def build_mesh(anatomy: Anatomy = ANATOMY) -> HeadMesh:
             0.0,
         ),
     ]
+
+
+def _grid_labels(skin: _SkinGrid, slit: _Slit, n_vertices: int):
+    """(V,) ring and column of every skin vertex (-1 elsewhere) and the lower-lip mask."""
+    n_ring, n_col = skin.n_ring, skin.n_col
+    ring = np.full(n_vertices, -1)
+    column = np.full(n_vertices, -1)
+    ring[: n_ring * n_col] = np.repeat(np.arange(n_ring), n_col)
+    column[: n_ring * n_col] = np.tile(np.arange(n_col), n_ring)
+    ring[slit.dup_ids] = skin.mouth_ring
+    column[slit.dup_ids] = slit.slit_cols
+    lower_lip = np.zeros(n_vertices, dtype=bool)
+    lower_lip[slit.dup_ids] = True
+    return ring, column, lower_lip
+
+
+def build_mesh(anatomy: Anatomy = ANATOMY) -> HeadMesh:
+    """Tessellate the sculpture. Deterministic; about a second on one CPU core."""
+    skin = _cast_skin_grid(anatomy)
+    slit = _open_slit(skin, anatomy)
+    # --- skin vertices: grid, pole, slit duplicates
+    verts = [
+        skin.grid.reshape(-1, 3),
+        skin.pole[None],
+        skin.grid[skin.mouth_ring, slit.slit_cols],
+    ]
+    faces, uv_faces, uv = _skin_faces(skin, slit)
+    part = [np.full(slit.n_skin, PART_SKIN)]
+    all_verts = np.concatenate(verts)
+    faces = np.asarray(faces, dtype=np.int64)
+    uv_faces = np.asarray(uv_faces, dtype=np.int64)
+    n_uv = sum(x.shape[0] for x in uv)
+
+    # --- eyeballs and mouth cavity
     face_list, uvf_list, vert_list, uv_list = [faces], [uv_faces], [all_verts], uv
     n_v = all_verts.shape[0]
-    for label, center, radii, alphas, segs, box, yaw in extra:
+    for label, center, radii, alphas, segs, box, yaw in _inner_parts(anatomy):
         v, f, t, tf = _sphere_part(center, radii, alphas, segs, box, yaw)
         vert_list.append(v)
         face_list.append(f + n_v)
@@ -328,15 +403,10 @@ def build_mesh(anatomy: Anatomy = ANATOMY) -> HeadMesh:
 
     vertices = np.concatenate(vert_list)
     part_arr = np.concatenate(part)
-    ring = np.full(vertices.shape[0], -1)
-    column = np.full(vertices.shape[0], -1)
-    ring[: n_ring * n_col] = np.repeat(np.arange(n_ring), n_col)
-    column[: n_ring * n_col] = np.tile(np.arange(n_col), n_ring)
-    ring[dup_ids] = mouth_ring
-    column[dup_ids] = slit_cols
-    lower_lip = np.zeros(vertices.shape[0], dtype=bool)
-    lower_lip[dup_ids] = True
-    mirror = _mirror_map(n_ring, n_col, pole_id, slit_cols, dup_ids, part_arr)
+    ring, column, lower_lip = _grid_labels(skin, slit, vertices.shape[0])
+    mirror = _mirror_map(
+        skin.n_ring, skin.n_col, slit.pole_id, slit.slit_cols, slit.dup_ids, part_arr
+    )
     return HeadMesh(
         vertices=vertices,
         faces=np.concatenate(face_list),
@@ -346,13 +416,13 @@ def build_mesh(anatomy: Anatomy = ANATOMY) -> HeadMesh:
         ring=ring,
         column=column,
         lower_lip=lower_lip,
-        grid=grid,
-        grid_phi=phi,
-        theta=theta,
-        mouth_ring=mouth_ring,
-        mouth_columns=mouth_cols,
+        grid=skin.grid,
+        grid_phi=skin.phi,
+        theta=skin.theta,
+        mouth_ring=skin.mouth_ring,
+        mouth_columns=slit.mouth_cols,
         mirror=mirror,
-        pole=pole_id,
+        pole=slit.pole_id,
     )
 
 

@@ -1,9 +1,11 @@
-"""Registry of the licensed files users bring, and where to find them on disk.
+"""Catalogue of the licensed files users bring, and where to find them on disk.
 
 emorig ships none of these files. Users put them in one folder (any layout, up to
 ``MAX_DEPTH`` levels deep) and point to it with ``--assets DIR`` or ``$EMORIG_HOME``;
-:func:`find_asset` locates a file by its official name, and :func:`check_assets` reports what
-is present and whether it looks right, without loading large files.
+:func:`find_asset` locates a file by its official name and :func:`obtain_text` says where a
+file is obtained. This module reads no file format: the readers in :mod:`emorig.io` import it
+for their error messages, and the content checks live above them in
+:mod:`emorig.assets.check`.
 
 Nothing here touches the disk at import time, and no folder is searched unless the user named
 it.
@@ -13,8 +15,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +24,11 @@ __all__ = [
     "ASSETS",
     "ENV_VAR",
     "MAX_DEPTH",
+    "NO_HOME",
     "AssetError",
     "AssetSpec",
-    "AssetStatus",
     "asset_home",
     "asset_spec",
-    "check_assets",
     "find_asset",
     "obtain_text",
     "spec_for_file",
@@ -92,23 +91,6 @@ class AssetSpec:
         if self.kind == "folder":
             return "a folder holding " + " and ".join([self.filenames[0], *self.requires])
         return "a file named " + " or ".join(self.filenames)
-
-
-@dataclass(frozen=True)
-class AssetStatus:
-    """Result of checking one asset.
-
-    Attributes:
-        key: the asset's :attr:`AssetSpec.key`.
-        path: where it was found, or None.
-        ok: True when found and the cheap validation passed.
-        message: one readable line (what was found, or what is wrong / how to obtain it).
-    """
-
-    key: str
-    path: Path | None
-    ok: bool
-    message: str
 
 
 ASSETS: tuple[AssetSpec, ...] = (
@@ -379,191 +361,3 @@ def find_asset(key: str, home: str | os.PathLike[str] | None) -> Path:
     if found is None:
         raise AssetError(spec.display_name, _missing_message(spec, home))
     return found
-
-
-# ---------------------------------------------------------------------------------------------
-# Cheap validation of present files (no large array is read).
-
-
-def _npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Array shapes of an ``.npz`` from the npy headers of its members (reads a few bytes)."""
-    from emorig.io.pickles import read_npy_header
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    with zipfile.ZipFile(path) as zf:
-        for info in zf.infolist():
-            if not info.filename.endswith(".npy"):
-                continue
-            with zf.open(info) as member:
-                shape, _, _ = read_npy_header(member)
-            shapes[info.filename[: -len(".npy")]] = tuple(shape)
-    return shapes
-
-
-def _check_texture(path: Path) -> str:
-    shapes = _npz_shapes(path)
-    missing = [k for k in ("mean", "tex_dir") if k not in shapes]
-    if missing:
-        raise AssetError(str(path), f"missing keys {missing} (has {sorted(shapes)})")
-    mean, tex = shapes["mean"], shapes["tex_dir"]
-    if len(mean) != 3 or mean[2] != 3 or len(tex) != 4 or tex[:3] != mean:
-        raise AssetError(
-            str(path), f"'mean' {mean} and 'tex_dir' {tex} are not (H,W,3) and (H,W,3,K)"
-        )
-    return f"texture space {mean[0]}x{mean[1]}, {tex[3]} components"
-
-
-def _check_bfm(path: Path) -> str:
-    shapes = _npz_shapes(path)
-    missing = [k for k in ("MU", "PC") if k not in shapes]
-    if missing:
-        raise AssetError(str(path), f"missing keys {missing} (has {sorted(shapes)})")
-    n_mu = 1
-    for d in shapes["MU"]:
-        n_mu *= d
-    pc = shapes["PC"]
-    n_pc = 1
-    for d in pc[:-1]:
-        n_pc *= d
-    if n_mu % 3 or not pc or n_pc != n_mu:
-        raise AssetError(
-            str(path), f"'MU' {shapes['MU']} and 'PC' {pc} do not describe the same (H*W*3) albedo"
-        )
-    return f"BFM albedo, {pc[-1]} components"
-
-
-def _check_mediapipe(path: Path) -> str:
-    from emorig.io.flame_files import read_mediapipe_embedding
-
-    emb = read_mediapipe_embedding(path)
-    return f"{emb.faces.shape[0]} embedded MediaPipe points"
-
-
-def _check_landmarks(path: Path) -> str:
-    from emorig.io.flame_files import read_landmark_embedding
-
-    read_landmark_embedding(path)
-    return "68-landmark embedding"
-
-
-def _check_template(path: Path) -> str:
-    from emorig.io.obj import read_obj
-
-    v, f, uv = read_obj(path)
-    if uv is None:
-        raise AssetError(str(path), "has no texture coordinates (vt)")
-    uv.validate(str(path), n_faces=f.shape[0])
-    return f"{v.shape[0]} vertices, {f.shape[0]} faces, {uv.uv.shape[0]} uv coordinates"
-
-
-def _check_flame(path: Path) -> str:
-    from emorig.io.flame_files import FLAME_KEYS
-    from emorig.io.pickles import scan_pickle
-
-    summary = scan_pickle(path)
-    if summary.forbidden:
-        raise AssetError(
-            str(path),
-            f"refused: the pickle references {', '.join(summary.forbidden)} (not a data type)",
-        )
-    missing = [k for k in FLAME_KEYS if k not in summary.strings]
-    if missing:
-        raise AssetError(str(path), f"is not a FLAME model: missing keys {missing}")
-    return "FLAME model pickle (keys present)"
-
-
-def _check_zip_or_tar(path: Path) -> str:
-    import tarfile
-
-    if zipfile.is_zipfile(path):
-        return "torch checkpoint (zip)"
-    if tarfile.is_tarfile(path):
-        return "torch checkpoint (legacy tar)"
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if head[:1] == b"\x80":
-        return "torch checkpoint (legacy pickle)"
-    raise AssetError(str(path), "is not a torch checkpoint (neither zip, tar nor pickle)")
-
-
-def _check_uv_mask(path: Path) -> str:
-    from emorig.io.uv_files import read_uv_mask
-
-    mask = read_uv_mask(path)
-    return f"UV mask, {mask.mean() * 100:.0f}% of the layout"
-
-
-def _check_fixed_displacement(path: Path) -> str:
-    from emorig.io.uv_files import read_fixed_displacement
-
-    d = read_fixed_displacement(path)
-    return f"fixed displacement {d.shape[0]}x{d.shape[1]}, range [{d.min():.4f}, {d.max():.4f}]"
-
-
-def _present(path: Path) -> str:
-    return "present (not validated)"
-
-
-_CHECKS: dict[str, Callable[[Path], str]] = {
-    "flame2020": _check_flame,
-    "flame2023": _check_flame,
-    "flame2023_open": _check_flame,
-    "landmark_embedding": _check_landmarks,
-    "mediapipe_embedding": _check_mediapipe,
-    "head_template": _check_template,
-    "flame_texture": _check_texture,
-    "bfm_albedo": _check_bfm,
-    "deca_model": _check_zip_or_tar,
-    "uv_face_eye_mask": _check_uv_mask,
-    "uv_face_mask": _check_uv_mask,
-    "fixed_displacement": _check_fixed_displacement,
-    "diffusionrig": _check_zip_or_tar,
-}
-
-
-def check_assets(home: str | os.PathLike[str] | None) -> list[AssetStatus]:
-    """Look for every registered asset under ``home`` and cheaply validate those present.
-
-    Validation reads headers, keys and small files only (e.g. npy headers inside an ``.npz``,
-    the key names of a FLAME pickle); the 600 MB texture space is never loaded.
-
-    Args:
-        home: the asset folder, or None (every asset is then reported missing).
-
-    Returns:
-        One :class:`AssetStatus` per entry of :data:`ASSETS`, in registry order.
-    """
-    statuses: list[AssetStatus] = []
-    root = Path(home) if home is not None else None
-    files = _walk(root) if root is not None and root.is_dir() else []
-    for spec in ASSETS:
-        if root is None:
-            statuses.append(AssetStatus(spec.key, None, False, f"{spec.display_name}: {NO_HOME}"))
-            continue
-        found = _match(spec, files)
-        if found is None:
-            statuses.append(
-                AssetStatus(
-                    spec.key, None, False, f"{spec.display_name}: {_missing_message(spec, root)}"
-                )
-            )
-            continue
-        check = _CHECKS.get(spec.key, _present)
-        try:
-            detail = check(found)
-        except AssetError as err:
-            message = str(err) if err.obtain else f"{err} (obtain it from {spec.obtain})"
-            statuses.append(AssetStatus(spec.key, found, False, message))
-            continue
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-            statuses.append(
-                AssetStatus(
-                    spec.key,
-                    found,
-                    False,
-                    f"{found}: unreadable ({err}); obtain it again from {spec.obtain}",
-                )
-            )
-            continue
-        statuses.append(AssetStatus(spec.key, found, True, f"{found}: {detail}"))
-    return statuses
