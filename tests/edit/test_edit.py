@@ -1,6 +1,7 @@
 """Editing: DiffusionRig's transfer semantics, re-centring, and edit smoke runs on built-in-head
 data with a tiny trained model (library and CLI), with and without DDIM inversion."""
 
+import dataclasses
 import json
 
 import pytest
@@ -131,6 +132,37 @@ def test_edit_smoke_and_inversion(trained, renderer):
     # Inversion then sampling under the source's own buffers gives the source back.
     assert err_inverted < 0.05
     assert err_inverted < 0.5 * err_plain
+
+
+def test_the_mode_registry_drives_editor_and_evaluation(trained, renderer, monkeypatch):
+    from emorig.diffusion.pretrained import load_pretrained
+    from emorig.edit.modes import EDIT_MODES, EditMode, edit_mode, register_edit_mode
+    from emorig.evaluate.protocol import PRIMARY_METRIC
+
+    assert PRIMARY_METRIC == {"pose": "pose_deg", "exp": "expression_l2", "light": "light_rmse"}
+    assert edit_mode("emotion").target == "emotion"
+    with pytest.raises(EmorigError, match="takes no target face"):
+        edit_mode("emotion").apply(_codes(1), _codes(1))
+    with pytest.raises(EmorigError, match="exists already"):
+        register_edit_mode(EDIT_MODES["exp"])
+
+    def take_albedo(source, target):
+        return source.replace(albedo=target.albedo.to(source.albedo))
+
+    # a new mode is one entry: the editor, parse_modes and the evaluation's metric follow
+    monkeypatch.setitem(EDIT_MODES, "albedo", EditMode("albedo", "skin colour", change=take_albedo))
+    assert parse_modes("albedo,exp") == ("albedo", "exp")
+    data, folder = trained
+    ds = BufferDataset(data)
+    source, target = items_from_dataset(ds, [0]), items_from_dataset(ds, [3])
+    # an album shares one identity: give the target another skin
+    target = dataclasses.replace(target, code=target.code.replace(albedo=target.code.albedo + 2))
+    result = Editor(load_pretrained(folder), renderer, timesteps="ddim4").edit(
+        source, target, ["albedo"]
+    )
+    assert torch.equal(result.codes["albedo"].albedo, target.code.albedo)
+    assert torch.equal(result.codes["albedo"].expression, source.code.expression)
+    assert not torch.equal(result.buffers["albedo"], result.source_buffer)
 
 
 def test_edit_cli_writes_edits_and_grids(trained, tmp_path, capsys):

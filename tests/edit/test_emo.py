@@ -10,7 +10,7 @@ import torch
 from emorig.data.dataset import BufferDataset
 from emorig.diffusion import RigConfig, RigModel
 from emorig.diffusion.model import with_expression
-from emorig.diffusion.schedule import NoiseSchedule
+from emorig.diffusion.pipeline import RigPipeline
 from emorig.edit.emotion import (
     EmotionTarget,
     RenderedPredictor,
@@ -98,12 +98,12 @@ def test_emotion_loss_reaches_the_denoiser(album, recognizer_folder):
     )  # fmt: skip
     emo = EmoTerms.build(cfg, torch.device("cpu"))
     model = _randomise(RigModel(RigConfig.tiny()))
-    schedule = NoiseSchedule.linear()
+    pipeline = RigPipeline(model)
     t = torch.tensor([5, 50, 200, 999])
-    noise = torch.randn(batch["image"].shape)
-    x_t = schedule.q_sample(batch["image"], t, noise)
-    eps = model(x_t, t, torch.stack([it["condition"] for it in items]), x_start=batch["image"])
-    loss = emo.losses(batch, x_t, t, eps, schedule)["emotion"]
+    x0 = pipeline.to_model(batch["image"])
+    x_t = pipeline.schedule.q_sample(x0, t, torch.randn(x0.shape))
+    eps = model(x_t, t, torch.stack([it["condition"] for it in items]), x_start=x0)
+    loss = emo.losses(batch, x_t, t, eps, pipeline)["emotion"]
     loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if n.startswith("denoisingUNet.")]
     assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0

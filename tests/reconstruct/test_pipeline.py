@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from emorig.cli.main import main
+from emorig.errors import EmorigError
 from emorig.flame.builtin import builtin_head
 from emorig.io.images import read_image, to_uint8
 from emorig.io.obj import read_obj
@@ -16,6 +17,7 @@ from emorig.reconstruct.deca import DecaConfig, DecaModel
 from emorig.reconstruct.pipeline import Reconstructor, load_model, reconstruct_files
 from emorig.render.face import FaceRenderer
 from emorig.render.showcase import parse_face_spec, specs_to_code
+from emorig.types import FaceCode
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -132,3 +134,44 @@ def test_cli_errors_name_the_missing_weights(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "deca_model.tar" in err
     assert "github.com/yfeng95/DECA" in err
+
+
+def test_the_reconstructor_registry_drives_the_pipeline(head, render_photo, monkeypatch):
+    from emorig.reconstruct.encoders import (
+        ENCODERS,
+        EncoderSpec,
+        encoder_names,
+        encoder_spec,
+        register_encoder,
+    )
+
+    assert {"deca", "emoca", "fit", "builtin"} <= set(encoder_names())
+    with pytest.raises(EmorigError, match="unknown reconstructor 'nope'; choose deca"):
+        encoder_spec("nope")
+    with pytest.raises(EmorigError, match="exists already"):
+        register_encoder(ENCODERS["fit"])
+
+    seen = {}
+
+    class Neutral:  # a new reconstructor: one class and one registration
+        def encode(self, images, landmarks):
+            seen["shapes"] = (tuple(images.shape), tuple(landmarks.shape))
+            code = FaceCode.neutral(images.shape[0]).replace(
+                camera=torch.tensor([[8.0, 0.0, 0.0]]).expand(images.shape[0], 3)
+            )
+            return code, None
+
+    spec = EncoderSpec(
+        "neutral",
+        "always the neutral face",
+        lambda weights, assets: (None, None),
+        lambda head, renderer, network, photometric: Neutral(),
+    )
+    monkeypatch.setitem(ENCODERS, "neutral", spec)
+    assert "neutral" in encoder_names()
+    assert load_model("neutral", None, None) == (None, None)
+    rec = Reconstructor("neutral", head).reconstruct(render_photo[0])
+    assert seen["shapes"] == ((1, 3, 224, 224), (1, 68, 2))
+    assert len(rec) == 1
+    assert float(rec[0].code.jaw_pose.abs().max()) == 0.0
+    assert rec[0].landmark_error > 0  # measured against the detected points, as for any method

@@ -727,7 +727,7 @@ class BufferDataset(Dataset):
 
     Each item is a dict:
 
-    * ``image``: (3, S, S) float32 in [-1, 1] (DiffusionRig's normalisation);
+    * ``image``: (3, S, S) float32 in [0, 1] (the diffusion pipeline maps it to model space);
     * ``condition``: (C, S, S) float32, the buffers of ``condition`` concatenated
       (default rendered, normal, albedo: C = 9), not normalised, zero on the background;
     * ``mask``: (1, S, S) float32 in {0, 1};
@@ -803,7 +803,7 @@ class BufferDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         ref = self.manifest.items[index]
-        image = self._get(ref, "image").float() / 127.5 - 1.0
+        image = self._get(ref, "image").float() / 255.0
         cond = torch.cat([self._get(ref, n).float() for n in self.condition], 0)
         out: dict[str, Any] = {
             "image": image,

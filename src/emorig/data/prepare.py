@@ -195,6 +195,135 @@ def _reconstruct(reconstructor: Reconstructor, crops: list[AlignedFace]) -> list
     return out
 
 
+def _ffhq_aligner(
+    aligner: FaceAligner | None, reconstructor: Reconstructor, config: PrepareConfig
+) -> FaceAligner:
+    """``aligner``, or one on the reconstructor's face backend; checked to be FFHQ's."""
+    if aligner is None:
+        aligner = FaceAligner(
+            backend=reconstructor.aligner.backend,
+            size=config.size,
+            mode="ffhq",
+            device=reconstructor.device,
+        )
+    if aligner.mode != "ffhq" or aligner.size != config.size:
+        raise EmorigError(f"prepare needs an FFHQ aligner of size {config.size}")
+    return aligner
+
+
+def _stacked_code(results: Sequence[Reconstruction]) -> FaceCode:
+    """One batched :class:`FaceCode` of several reconstructions."""
+    return FaceCode(
+        **{
+            name: None
+            if getattr(results[0].code, name) is None
+            else torch.cat([getattr(r.code, name) for r in results])
+            for name in CODE_FIELDS
+        }
+    )
+
+
+class _ShardFiller:
+    """Collects aligned faces into batches, reconstructs and renders them, and writes the
+    items (and the inputs it had to skip) to this rank's shards."""
+
+    def __init__(
+        self,
+        writer: DatasetWriter,
+        reconstructor: Reconstructor,
+        config: PrepareConfig,
+        say: Callable[[str], None] | None,
+    ):
+        self.writer, self.reconstructor, self.config, self.say = writer, reconstructor, config, say
+        self.skipped: list[tuple[str, str]] = []
+        self.prepared = 0
+        self.batch: list[_Pending] = []
+        self.n_written, self.last_flush = 0, time.monotonic()
+
+    def skip(self, source: str, reason: str) -> None:
+        self.writer.skip(source, reason)
+        self.skipped.append((source, reason))
+        if self.say is not None:
+            self.say(f"skipped: {source}: {reason}")
+
+    def add(self, pending: _Pending) -> None:
+        """Queue a face; a full batch is reconstructed and written."""
+        self.batch.append(pending)
+        if len(self.batch) >= self.config.batch_size:
+            self.run_batch()
+            self.batch = []
+
+    def run_batch(self) -> None:
+        """Reconstruct and render the queued faces and add them to the writer."""
+        batch, writer = self.batch, self.writer
+        results = _reconstruct(self.reconstructor, [p.crop for p in batch])
+        good = [
+            (p, r) for p, r in zip(batch, results, strict=True) if isinstance(r, Reconstruction)
+        ]
+        for p, r in zip(batch, results, strict=True):
+            if not isinstance(r, Reconstruction):
+                self.skip(p.source, f"reconstruction failed ({short_reason(r)})")
+        if not good:
+            return
+        code = _stacked_code([r for _, r in good])
+        crops = torch.as_tensor(np.stack([p.crop.matrix for p, _ in good]), dtype=torch.float64)
+        buffers = render_conditions(self.reconstructor.renderer, code, crops, self.config.size)
+        writer.add(
+            torch.stack([p.face.image for p, _ in good]),
+            code,
+            buffers,
+            sources=[p.source for p, _ in good],
+            crop_transforms=crops,
+            align_transforms=np.stack([p.face.matrix for p, _ in good]),
+            landmarks=np.stack([p.face.landmarks for p, _ in good]),
+            info=[{**p.info, "landmark_error_px": round(r.landmark_error, 3)} for p, r in good],
+        )
+        self.prepared += len(good)
+
+    def flush_when_due(self) -> None:
+        """Write the pending items when ``flush_seconds`` passed since the last shard."""
+        writer = self.writer
+        if len(writer.written) != self.n_written:  # a full shard was just written
+            self.n_written, self.last_flush = len(writer.written), time.monotonic()
+        elif writer.pending and time.monotonic() - self.last_flush > self.config.flush_seconds:
+            writer.flush()
+            self.n_written, self.last_flush = len(writer.written), time.monotonic()
+
+    def finish(self) -> None:
+        """Reconstruct the last (partial) batch and write every pending item."""
+        if self.batch:
+            self.run_batch()
+        self.writer.flush()
+
+
+def _aligned_face(path: Path, source: str, aligner: FaceAligner) -> _Pending | str:
+    """The input's largest face, FFHQ-aligned and DECA-cropped, or why it cannot be used."""
+    try:
+        loaded = read_image(path)
+        faces, n = aligner.align(loaded.pixels)
+    except ImageReadError as err:
+        return f"unreadable: {err.reason}"
+    except (EmorigError, OSError, RuntimeError, ValueError) as err:
+        return f"alignment failed: {short_reason(err)}"
+    if not faces:
+        return "no face found"
+    face = _quantised(faces[0])
+    info = {"faces_detected": n, "image_size": list(loaded.size)}
+    return _Pending(source, face, deca_crop(face), info)
+
+
+def _remaining(
+    files: Sequence[Path], root: Path, out: Path, settings: PreparedSettings, rank: int, world: int
+) -> tuple[list[Path], list[Path]]:
+    """This rank's inputs and those of them not yet in a shard (stored or skipped)."""
+    headers = read_headers(out)
+    check_settings(headers, settings)
+    done = {s for h in headers for s in h.sources} | {s for h in headers for s, _ in h.skipped}
+    mine = list(files)[rank::world]
+    todo = [p for p in mine if source_name(p, root) not in done]
+    return mine, todo
+
+
 def prepare_worker(
     files: Sequence[Path],
     root: Path,
@@ -233,102 +362,27 @@ def prepare_worker(
         raise EmorigError(f"settings size {settings.size} differs from the config's {config.size}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    headers = read_headers(out)
-    check_settings(headers, settings)
-    done = {s for h in headers for s in h.sources} | {s for h in headers for s, _ in h.skipped}
-    mine = list(files)[rank::world]
-    todo = [p for p in mine if source_name(p, root) not in done]
-    if aligner is None:
-        aligner = FaceAligner(
-            backend=reconstructor.aligner.backend,
-            size=config.size,
-            mode="ffhq",
-            device=reconstructor.device,
-        )
-    if aligner.mode != "ffhq" or aligner.size != config.size:
-        raise EmorigError(f"prepare needs an FFHQ aligner of size {config.size}")
+    mine, todo = _remaining(files, root, out, settings, rank, world)
+    aligner = _ffhq_aligner(aligner, reconstructor, config)
     writer = DatasetWriter(out, settings, shard_size=config.shard_size, rank=rank, manifest=False)
-    renderer = reconstructor.renderer
-    skipped: list[tuple[str, str]] = []
-    prepared = 0
-    batch: list[_Pending] = []
-    n_written, last_flush = 0, time.monotonic()
-
-    def skip(source: str, reason: str) -> None:
-        writer.skip(source, reason)
-        skipped.append((source, reason))
-        if say is not None:
-            say(f"skipped: {source}: {reason}")
-
-    def run_batch() -> None:
-        nonlocal prepared
-        results = _reconstruct(reconstructor, [p.crop for p in batch])
-        good = [
-            (p, r) for p, r in zip(batch, results, strict=True) if isinstance(r, Reconstruction)
-        ]
-        for p, r in zip(batch, results, strict=True):
-            if not isinstance(r, Reconstruction):
-                skip(p.source, f"reconstruction failed ({short_reason(r)})")
-        if not good:
-            return
-        code = FaceCode(
-            **{
-                name: None
-                if getattr(good[0][1].code, name) is None
-                else torch.cat([getattr(r.code, name) for _, r in good])
-                for name in CODE_FIELDS
-            }
-        )
-        crops = torch.as_tensor(np.stack([p.crop.matrix for p, _ in good]), dtype=torch.float64)
-        buffers = render_conditions(renderer, code, crops, config.size)
-        writer.add(
-            torch.stack([p.face.image for p, _ in good]),
-            code,
-            buffers,
-            sources=[p.source for p, _ in good],
-            crop_transforms=crops,
-            align_transforms=np.stack([p.face.matrix for p, _ in good]),
-            landmarks=np.stack([p.face.landmarks for p, _ in good]),
-            info=[{**p.info, "landmark_error_px": round(r.landmark_error, 3)} for p, r in good],
-        )
-        prepared += len(good)
-
+    filler = _ShardFiller(writer, reconstructor, config, say)
     iterator = progress(todo) if progress is not None else todo
     for path in iterator:
         source = source_name(path, root)
-        try:
-            loaded = read_image(path)
-            faces, n = aligner.align(loaded.pixels)
-        except ImageReadError as err:
-            skip(source, f"unreadable: {err.reason}")
+        pending = _aligned_face(path, source, aligner)
+        if isinstance(pending, str):
+            filler.skip(source, pending)
             continue
-        except (EmorigError, OSError, RuntimeError, ValueError) as err:
-            skip(source, f"alignment failed: {short_reason(err)}")
-            continue
-        if not faces:
-            skip(source, "no face found")
-            continue
-        face = _quantised(faces[0])
-        info = {"faces_detected": n, "image_size": list(loaded.size)}
-        batch.append(_Pending(source, face, deca_crop(face), info))
-        if len(batch) >= config.batch_size:
-            run_batch()
-            batch = []
-        if len(writer.written) != n_written:  # a full shard was just written
-            n_written, last_flush = len(writer.written), time.monotonic()
-        elif writer.pending and time.monotonic() - last_flush > config.flush_seconds:
-            writer.flush()
-            n_written, last_flush = len(writer.written), time.monotonic()
-    if batch:
-        run_batch()
-    writer.flush()
+        filler.add(pending)
+        filler.flush_when_due()
+    filler.finish()
     return WorkerReport(
         rank,
         world,
         len(mine),
         len(mine) - len(todo),
-        prepared,
-        tuple(skipped),
+        filler.prepared,
+        tuple(filler.skipped),
         tuple(writer.written),
         time.perf_counter() - start,
     )

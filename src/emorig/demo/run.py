@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emorig.edit.modes import scored_mode_names
 from emorig.weights import ENCODER_NAME, STAGE1_NAME, packaged_weights
 
 __all__ = ["DEMO_SIZE", "DemoConfig", "DemoResult", "encoder_reconstruct", "run_demo"]
@@ -257,7 +258,7 @@ def run_demo(cfg: DemoConfig, say: Say = print) -> DemoResult:
         for i in range(cfg.edit_sources):
             source = items_from_dataset(album, [i])
             target = items_from_dataset(targets, [i])
-            result = editor.edit(source, target, ("exp", "pose", "light"))
+            result = editor.edit(source, target, scored_mode_names())
             grids += write_edits(result, source, target, edit_dir, with_reconstruction=True)
     with clock.stage("training the code-space emotion predictor"):
         predictor = train_code_predictor(renderer, steps=cfg.predictor_steps, seed=cfg.seed)
@@ -301,7 +302,7 @@ def _evaluate(cfg, editor, renderer, data, predictor) -> Any:
         emotion_steps=cfg.emotion_steps,
         renderer=renderer,
         reconstruct=encoder_reconstruct(cfg.device),
-        modes=("exp", "pose", "light"),
+        modes=scored_mode_names(),
         emotions=cfg.emotions,
         multiview=BufferDataset(data["multiview"]),
         pairs=cfg.eval_pairs,

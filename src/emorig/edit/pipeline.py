@@ -23,9 +23,9 @@ import torch
 from torch import Tensor
 
 from emorig.diffusion.model import RigModel
-from emorig.diffusion.sampling import ddim_invert, ddim_sample
-from emorig.diffusion.schedule import NoiseSchedule
-from emorig.edit.transfer import recentre, transfer, with_mean_shape
+from emorig.diffusion.pipeline import RigPipeline
+from emorig.edit.modes import edit_mode
+from emorig.edit.transfer import recentre, with_mean_shape
 from emorig.errors import EmorigError
 from emorig.types import FaceCode
 
@@ -61,7 +61,7 @@ def items_from_dataset(dataset, indices: Sequence[int]) -> FaceItem:
         code = code.replace(shape=fitted)
     names = tuple(Path(it["source"]).stem for it in items)
     return FaceItem(
-        torch.stack([(it["image"] + 1) / 2 for it in items]),
+        torch.stack([it["image"] for it in items]),
         code,
         torch.stack([it["crop_transform"] for it in items]),
         names,
@@ -95,7 +95,7 @@ ExpressionInput = Callable[[FaceCode, Tensor, Tensor], Tensor]
 
 
 class Editor:
-    """Sample edits from a :class:`RigModel`.
+    """Sample edits from a :class:`RigModel` (through its :class:`RigPipeline`).
 
     Args:
         model: the diffusion model (eval mode is set here).
@@ -108,7 +108,8 @@ class Editor:
             samples are not clipped, so the unedited path retraces the inversion).
         invert_iterations: fixed-point refinements per inversion step (each costs one more
             model call per step; 2 brings the round trip close to exact).
-        recentre_pose: keep the face in place under pose edits (DiffusionRig's align_ffhq).
+        recentre_pose: keep the face in place under modes that move the head (DiffusionRig's
+            align_ffhq).
         expression_input: for DiffusionRig-EMO models, the expression encoder's input from
             the edited code and the image showing the wanted expression
             (:func:`emorig.edit.emotion.expression_input_for`); None for plain models.
@@ -130,6 +131,7 @@ class Editor:
         progress: bool = False,
     ):
         self.model = model.eval()
+        self.pipeline = RigPipeline(self.model)
         self.renderer = renderer
         self.mean_shape = mean_shape
         self.timesteps = timesteps
@@ -139,27 +141,20 @@ class Editor:
         self.recentre_pose = recentre_pose
         self.expression_input = expression_input
         self.progress = progress
-        self.schedule = NoiseSchedule.linear()
         if model.config.expression_dim and expression_input is None:
             raise EmorigError("this model has an expression encoder: give expression_input")
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.pipeline.device
 
     def buffers(self, code: FaceCode, crop_transform: Tensor) -> Tensor:
         """(B, C, S, S) the model's condition for ``code`` rendered through the crops."""
         from emorig.render.conditions import render_conditions
 
-        size = self.model.config.image_size
+        size = self.pipeline.image_size
         out = render_conditions(self.renderer, code.to(self.device), crop_transform, size)
         return self.model.condition_tensor(out).to(self.device)
-
-    def _denoiser(self, condition: Tensor, latent: Tensor, expression: Tensor | None):
-        def denoise(x: Tensor, t: Tensor) -> Tensor:
-            return self.model(x, t, condition, latent=latent, expression=expression)
-
-        return denoise
 
     def _expression(self, code: FaceCode, image: Tensor, crop: Tensor) -> Tensor | None:
         if self.expression_input is None:
@@ -168,78 +163,76 @@ class Editor:
 
     def _start(self, source: FaceItem) -> _Start:
         """What every edit of ``source`` shares: latent, own buffers and starting noise."""
-        dev = self.device
-        size = self.model.config.image_size
+        size = self.pipeline.image_size
         if source.image.shape[-1] != size:
             raise EmorigError(
                 f"the model works at {size} px; the faces are {source.image.shape[-1]} px "
                 f"(prepare them with --size {size})"
             )
-        image = source.image.to(dev)
-        x_src = image * 2 - 1
-        latent = self.model.encode(x_src)
+        image = source.image.to(self.device)
+        latent = self.pipeline.encode_latent(image)
         base = self.source_code(source)
         cond = self.buffers(base, source.crop_transform)
         expression = self._expression(base, image, source.crop_transform)
         if self.invert:
-            denoise = self._denoiser(cond, latent, expression)
-            noise = ddim_invert(
-                denoise,
-                x_src,
-                self.schedule,
-                self.timesteps,
-                fixed_point_iterations=self.invert_iterations,
+            noise = self.pipeline.invert(
+                image,
+                cond,
+                latent,
+                expression,
+                timesteps=self.timesteps,
+                iterations=self.invert_iterations,
                 progress=self.progress,
             )
         else:
-            g = torch.Generator().manual_seed(self.seed)
-            noise = torch.randn((1, 3, size, size), generator=g).to(dev)
-            noise = noise.expand(image.shape[0], -1, -1, -1)
+            noise = self.pipeline.fixed_noise(image.shape[0], self.seed)
         return _Start(image, latent, base, cond, expression, noise)
 
     def _sample(self, start: _Start, condition: Tensor, latent: Tensor, expression) -> Tensor:
-        x = ddim_sample(
-            self._denoiser(condition, latent, expression),
+        return self.pipeline.sample(
             start.noise,
-            self.schedule,
-            self.timesteps,
-            clip_denoised=not self.invert,
+            condition,
+            latent,
+            expression,
+            timesteps=self.timesteps,
+            clip=not self.invert,
             progress=self.progress,
         )
-        return ((x + 1) / 2).clamp(0, 1)
+
+    def _edit_one(self, s: _Start, source: FaceItem, target: FaceItem, name: str):
+        """(image, buffer, code) of one face mode (:data:`~emorig.edit.modes.EDIT_MODES`)."""
+        mode = edit_mode(name)
+        b = s.image.shape[0]
+        code = mode.apply(s.code, target.code.to(self.device))
+        if mode.recentre and self.recentre_pose:
+            code = recentre(self.renderer, s.code, code)
+        latent = s.latent
+        if mode.target_latent:
+            if target.image.shape[-1] != s.image.shape[-1]:
+                raise EmorigError("source and target images differ in size")
+            latent = self.pipeline.encode_latent(target.image).expand(b, -1)
+        cond = s.condition if code is s.code else self.buffers(code, source.crop_transform)
+        # An emotion-feature encoder reads the image showing the wanted expression.
+        if mode.shows_target:
+            shows = target.image.expand(b, -1, -1, -1)
+            crop = target.crop_transform.expand(b, -1, -1)
+            expression = self._expression(code, shows, crop)
+        elif code is s.code:
+            expression = s.expression
+        else:
+            expression = self._expression(code, s.image, source.crop_transform)
+        return self._sample(s, cond, latent, expression), cond[:, :3], code
 
     @torch.no_grad()
     def edit(self, source: FaceItem, target: FaceItem, modes: Sequence[str]) -> EditResult:
-        """Edit every source face with one target (batch 1, or the sources' batch)."""
+        """Edit every source face with one target (batch 1, or the sources' batch), once per
+        face mode of :data:`~emorig.edit.modes.EDIT_MODES`."""
         s = self._start(source)
-        b = s.image.shape[0]
-        tgt = target.code.to(self.device)
         images, buffers, codes = {}, {}, {}
-        for mode in modes:
-            if mode == "latent":
-                x_tgt = target.image.to(self.device) * 2 - 1
-                if x_tgt.shape[-1] != s.image.shape[-1]:
-                    raise EmorigError("source and target images differ in size")
-                latent = self.model.encode(x_tgt).expand(b, -1)
-                images[mode] = self._sample(s, s.condition, latent, s.expression)
-                buffers[mode], codes[mode] = s.condition[:, :3], s.code
-                continue
-            code = transfer(s.code, tgt, mode)
-            if mode == "pose" and self.recentre_pose:
-                code = recentre(self.renderer, s.code, code)
-            cond = self.buffers(code, source.crop_transform)
-            # An emotion-feature encoder reads the image showing the wanted expression.
-            if mode == "exp":
-                b = s.image.shape[0]
-                shows = target.image.expand(b, -1, -1, -1)
-                crop = target.crop_transform.expand(b, -1, -1)
-            else:
-                shows, crop = s.image, source.crop_transform
-            expression = self._expression(code, shows, crop)
-            images[mode] = self._sample(s, cond, s.latent, expression)
-            buffers[mode], codes[mode] = cond[:, :3], code
+        for name in modes:
+            images[name], buffers[name], codes[name] = self._edit_one(s, source, target, name)
         reconstruction = self._sample(s, s.condition, s.latent, s.expression)
-        target_buffer = self.buffers(tgt, target.crop_transform)[:, :3]
+        target_buffer = self.buffers(target.code.to(self.device), target.crop_transform)[:, :3]
         return EditResult(images, buffers, codes, reconstruction, s.condition[:, :3], target_buffer)
 
     @torch.no_grad()

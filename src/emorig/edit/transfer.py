@@ -18,13 +18,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from emorig.edit.modes import edit_mode, face_mode_names, parse_modes
 from emorig.errors import EmorigError
 from emorig.types import FaceCode
 
-__all__ = ["MODES", "ffhq_centre", "recentre", "transfer", "with_mean_shape"]
+__all__ = ["MODES", "ffhq_centre", "parse_modes", "recentre", "transfer", "with_mean_shape"]
 
-#: Edit modes in DiffusionRig's order.
-MODES = ("pose", "exp", "light", "latent")
+#: The modes that take parameters from a target face, in DiffusionRig's order.
+MODES = face_mode_names()
 
 # iBUG-68 indices: eyes 36-41 and 42-47, mouth corners 48 and 54.
 _LEFT_EYE = slice(36, 42)
@@ -32,43 +33,10 @@ _RIGHT_EYE = slice(42, 48)
 _MOUTH = (48, 54)
 
 
-def parse_modes(text: str) -> tuple[str, ...]:
-    """``"exp,pose"`` -> ``("exp", "pose")``, checked."""
-    modes = tuple(m.strip() for m in text.split(",") if m.strip())
-    bad = [m for m in modes if m not in MODES]
-    if bad or not modes:
-        raise EmorigError(f"--modes {text!r}: choose from {', '.join(MODES)} (comma-separated)")
-    return modes
-
-
 def transfer(source: FaceCode, target: FaceCode, mode: str) -> FaceCode:
     """The source's code with the ``mode`` parameters of the target (same batch size, or a
-    target of batch 1 applied to every source)."""
-    if mode not in MODES:
-        raise EmorigError(f"unknown edit mode '{mode}'; choose {', '.join(MODES)}")
-    b = source.batch_size
-    tgt = target if target.batch_size == b else _expand(target, b)
-    if mode == "pose":
-        return source.replace(global_pose=tgt.global_pose.to(source.global_pose))
-    if mode == "exp":
-        if tgt.expression.shape[1] != source.expression.shape[1]:
-            raise EmorigError(
-                f"expression sizes differ: source {source.expression.shape[1]}, "
-                f"target {tgt.expression.shape[1]} (use the same head for both)"
-            )
-        return source.replace(
-            expression=tgt.expression.to(source.expression),
-            jaw_pose=tgt.jaw_pose.to(source.jaw_pose),
-        )
-    if mode == "light":
-        return source.replace(light=tgt.light.to(source.light))
-    return source
-
-
-def _expand(code: FaceCode, batch: int) -> FaceCode:
-    if code.batch_size != 1:
-        raise EmorigError(f"target batch {code.batch_size} does not match source batch {batch}")
-    return code.map(lambda t: t.expand(batch, *t.shape[1:]))
+    target of batch 1 applied to every source); see :data:`~emorig.edit.modes.EDIT_MODES`."""
+    return edit_mode(mode).apply(source, target)
 
 
 def with_mean_shape(code: FaceCode, mean_shape: Tensor | None) -> FaceCode:

@@ -41,12 +41,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from emorig.edit.modes import EDIT_MODES, face_mode_names
 from emorig.edit.pipeline import Editor, items_from_dataset
-from emorig.edit.transfer import MODES
 from emorig.errors import EmorigError
 from emorig.evaluate.metrics import (
-    DLIB_SAME_PERSON,
-    CodeErrors,
     code_errors,
     emotion_accuracy,
     expression_error,
@@ -57,13 +55,15 @@ from emorig.evaluate.metrics import (
     rotation_angle_deg,
     shape_identity,
 )
-from emorig.evaluate.report import (
-    BarPlot,
-    ImageGrid,
-    ImageRow,
-    Section,
-    Table,
-    to_jsonable,
+from emorig.evaluate.results import (
+    REFERENCES,
+    ConsistencyRow,
+    EmotionResult,
+    ErrorRow,
+    Evaluation,
+    Example,
+    IdentitySummary,
+    MultiviewResult,
 )
 from emorig.types import EMOTION_CLASSES, FaceCode
 
@@ -89,222 +89,9 @@ Reconstruct = Callable[[Tensor, Tensor], FaceCode]
 #: ``(stage, done, total)``; stages ``"edits"``, ``"emotion"``, ``"multiview"``, ``"fid"``.
 Progress = Callable[[str, int, int], None]
 
-#: The metric (a :class:`~emorig.evaluate.metrics.CodeErrors` field) each mode is judged by.
-PRIMARY_METRIC = {"exp": "expression_l2", "pose": "pose_deg", "light": "light_rmse"}
-_METRIC_LABELS = {
-    "expression_l2": "expression L2 (exp + jaw)",
-    "expression_mae": "expression MAE",
-    "pose_deg": "pose angle (deg)",
-    "jaw_deg": "jaw angle (deg)",
-    "light_rmse": "light RMSE",
-}
-_REFERENCES = ("unedited", "source")
-
-
-# ---------------------------------------------------------------------------------------------
-# results
-
-
-@dataclass(frozen=True)
-class IdentitySummary:
-    """Identity kept by the edits of one row.
-
-    Attributes:
-        method: ``"shape"`` (shape codes: cosine and L2 in coefficient units) or ``"dlib"``
-            (face descriptors of source photo and edit: cosine and Euclidean distance, below
-            0.6 = same person).
-        cosine: mean cosine similarity in [-1, 1] (NaN when not measured).
-        distance: mean L2 distance (shape) or descriptor distance (dlib).
-        same_rate: dlib: share of pairs under the same-person threshold; else None.
-        n: pairs measured (dlib: both faces found).
-    """
-
-    method: str
-    cosine: float
-    distance: float
-    same_rate: float | None
-    n: int
-
-
-@dataclass(frozen=True)
-class ErrorRow:
-    """Requested vs re-reconstructed codes for one edit mode or reference.
-
-    Attributes:
-        name: the mode (``"exp"``, ``"pose"``, ``"light"``, ``"latent"``) or reference
-            (``"unedited"``: the source sampled under its own buffers; ``"source"``: the data
-            image itself).
-        kind: ``"edit"`` or ``"reference"``.
-        errors: every error, means over the pairs.
-        primary: the :class:`CodeErrors` field this mode is judged by (None: references and
-            ``latent``).
-        per_item: (N,) the primary metric per pair (references and latent: expression L2).
-        identity: identity preservation.
-    """
-
-    name: str
-    kind: str
-    errors: CodeErrors
-    primary: str | None
-    per_item: tuple[float, ...]
-    identity: IdentitySummary
-
-    @property
-    def primary_value(self) -> float:
-        """The mean of the primary metric (NaN without one)."""
-        return math.nan if self.primary is None else float(getattr(self.errors, self.primary))
-
-
-@dataclass(frozen=True)
-class EmotionResult:
-    """Emotion accuracy of emotion edits.
-
-    Attributes:
-        targets: the requested emotions, e.g. ``("happy 1", ...)``.
-        accuracy: share of edits whose re-reconstructed code the predictor classifies as the
-            requested class, in [0, 1].
-        requested_accuracy: the same for the requested (searched) codes themselves: the
-            ceiling the edits can reach.
-        per_class: class -> recall of the edits (requested classes only).
-        requested_per_class: class -> recall of the requested codes.
-        confusion: (8, 8) counts, rows requested, columns predicted from the edits.
-        n: edits classified.
-    """
-
-    targets: tuple[str, ...]
-    accuracy: float
-    requested_accuracy: float
-    per_class: dict[str, float]
-    requested_per_class: dict[str, float]
-    confusion: tuple[tuple[int, ...], ...]
-    n: int
-
-
-@dataclass(frozen=True)
-class ConsistencyRow:
-    """Spread of expression codes (expression + jaw) over the views of each group.
-
-    Attributes:
-        name: ``"edited"`` (the same target expression on every view), ``"unedited"``
-            (samples under each view's own buffers) or ``"source"`` (the data images).
-        mean: mean distance of a view's code to its group mean (0 = consistent).
-        max: the largest such distance.
-        per_group: (G,) mean distance per group.
-    """
-
-    name: str
-    mean: float
-    max: float
-    per_group: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class MultiviewResult:
-    """Multi-view consistency of expression edits.
-
-    Attributes:
-        rows: edited, unedited, source.
-        n_groups, n_views: G groups of K views.
-        expression_l2: mean expression error of the edits vs the requested codes.
-        groups: the group ids evaluated.
-    """
-
-    rows: tuple[ConsistencyRow, ...]
-    n_groups: int
-    n_views: int
-    expression_l2: float
-    groups: tuple[int, ...]
-
-    def row(self, name: str) -> ConsistencyRow:
-        for r in self.rows:
-            if r.name == name:
-                return r
-        raise KeyError(name)
-
-
-@dataclass(frozen=True)
-class Example:
-    """One row of example images for the report.
-
-    Attributes:
-        part: ``"edits"``, ``"emotion"`` or ``"multiview"``.
-        label: the row label (e.g. ``"src -> tgt"``).
-        columns: a label per image.
-        images: (H, W, 3) uint8 images.
-    """
-
-    part: str
-    label: str
-    columns: tuple[str, ...]
-    images: tuple[np.ndarray, ...] = field(repr=False)
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What :func:`evaluate_model` measured.
-
-    Attributes:
-        settings: the protocol settings and data description (JSON-able).
-        synthetic: the data are renders of the built-in synthetic head.
-        pairs: (source, target) names.
-        errors: edit rows in mode order, then the references ``unedited`` and ``source``.
-        emotion: emotion accuracy, or None when not asked for.
-        multiview: multi-view consistency, or None.
-        fid: FID between data images and edits, or None.
-        examples: example image rows.
-        seconds: wall time.
-    """
-
-    settings: dict[str, Any]
-    synthetic: bool
-    pairs: tuple[tuple[str, str], ...]
-    errors: tuple[ErrorRow, ...]
-    emotion: EmotionResult | None = None
-    multiview: MultiviewResult | None = None
-    fid: float | None = None
-    examples: tuple[Example, ...] = ()
-    seconds: float = 0.0
-
-    def row(self, name: str) -> ErrorRow:
-        """The error row of a mode or reference."""
-        for r in self.errors:
-            if r.name == name:
-                return r
-        raise KeyError(name)
-
-    def to_json(self) -> dict[str, Any]:
-        """Every number (NaN as None), without the example pixels."""
-        return to_jsonable(
-            {
-                "settings": self.settings,
-                "synthetic": self.synthetic,
-                "pairs": [list(p) for p in self.pairs],
-                "errors": [
-                    {
-                        "name": r.name,
-                        "kind": r.kind,
-                        "primary": r.primary,
-                        "primary_value": r.primary_value,
-                        **{f.name: getattr(r.errors, f.name) for f in dataclasses.fields(r.errors)},
-                        "identity": dataclasses.asdict(r.identity),
-                        "per_item": list(r.per_item),
-                    }
-                    for r in self.errors
-                ],
-                "emotion": None if self.emotion is None else dataclasses.asdict(self.emotion),
-                "multiview": None if self.multiview is None else dataclasses.asdict(self.multiview),
-                "fid": self.fid,
-                "examples": [
-                    {"part": e.part, "label": e.label, "columns": list(e.columns)}
-                    for e in self.examples
-                ],
-                "seconds": self.seconds,
-            }
-        )
-
-    def sections(self) -> list[Section]:
-        """Report sections (:mod:`emorig.evaluate.report`); parts not run are left out."""
-        return _sections(self)
+#: The metric (a :class:`~emorig.evaluate.metrics.CodeErrors` field) each mode is judged by,
+#: from :data:`~emorig.edit.modes.EDIT_MODES`.
+PRIMARY_METRIC = {name: m.metric for name, m in EDIT_MODES.items() if m.metric is not None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,9 +306,66 @@ def evaluate_model(
     """
     started = time.perf_counter()
     modes = tuple(modes)
-    bad = [m for m in modes if m not in MODES]
+    targets = _check_arguments(modes, identity, batch_size, emotions, predictor)
+    ds = _dataset(data, "data")
+    mv = None if multiview is None else _dataset(multiview, "multiview")
+    if editor is None:
+        editor = _default_editor(model, renderer, ds, steps, seed, invert, expression_input)
+    settings = _settings(ds, modes, pairs, seed, editor, identity, targets, mv, fid_network)
+    settings.update(dict(metadata or {}))
+    synthetic = any(bool(d.manifest.settings.synthetic_head) for d in (ds, mv) if d is not None)
+    chosen = pick_pairs(len(ds), pairs, seed)
+    names = [ds.manifest.items[i].source for i in range(len(ds))]
+    rows, example_rows, edits = _edit_pairs(
+        editor, ds, chosen, modes, reconstruct, identity, identity_backend, batch_size,
+        examples, fid_network is not None, progress,
+    )  # fmt: skip
+    emotion, mv_result, fid, more = _optional_parts(
+        editor, ds, mv, chosen, targets, predictor, reconstruct, batch_size, emotion_steps,
+        examples, multiview_groups, fid_network, fid_size, edits, progress,
+    )  # fmt: skip
+    return Evaluation(
+        settings=settings,
+        synthetic=synthetic,
+        pairs=tuple((names[s], names[t]) for s, t in chosen),
+        errors=rows,
+        emotion=emotion,
+        multiview=mv_result,
+        fid=fid,
+        examples=tuple(example_rows + more),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _optional_parts(
+    editor, ds, mv, chosen, targets, predictor, reconstruct, batch_size, emotion_steps,
+    examples, multiview_groups, fid_network, fid_size, edits, progress,
+):  # fmt: skip
+    """Emotion accuracy, multi-view consistency and FID, each when asked for; with the
+    example rows they add."""
+    more: list[Example] = []
+    emotion = mv_result = fid = None
+    if targets:
+        sources = list(dict.fromkeys(s for s, _ in chosen))
+        emotion, rows = _emotion_part(
+            editor, ds, sources, targets, predictor, reconstruct, batch_size, emotion_steps,
+            examples, progress,
+        )  # fmt: skip
+        more += rows
+    if mv is not None:
+        mv_result, rows = _multiview_part(editor, mv, reconstruct, multiview_groups, progress)
+        more += rows
+    if fid_network is not None:
+        fid = _fid(fid_network, ds, edits, fid_size, batch_size, editor.device, progress)
+    return emotion, mv_result, fid, more
+
+
+def _check_arguments(modes, identity, batch_size, emotions, predictor) -> list:
+    """Refuse unusable settings; returns the emotion targets."""
+    choices = face_mode_names()
+    bad = [m for m in modes if m not in choices]
     if bad or not modes:
-        raise EmorigError(f"modes {list(modes)}: choose from {', '.join(MODES)}")
+        raise EmorigError(f"modes {list(modes)}: choose from {', '.join(choices)}")
     if identity not in ("shape", "dlib"):
         raise EmorigError(f"identity '{identity}': choose shape or dlib")
     if batch_size < 1:
@@ -532,23 +376,30 @@ def evaluate_model(
             "emotion accuracy needs an emotion predictor (e.g. "
             "emorig.edit.emotion.train_code_predictor(renderer) on the built-in head)"
         )
-    ds = _dataset(data, "data")
-    mv = None if multiview is None else _dataset(multiview, "multiview")
-    if editor is None:
-        if expression_input is None and model.config.expression_dim:
-            from emorig.edit.emotion import expression_input_for
+    return targets
 
-            expression_input = expression_input_for(model, None, _device(model))
-        editor = Editor(
-            model,
-            renderer,
-            mean_shape=ds.mean_shape,
-            timesteps=steps,
-            seed=seed,
-            invert=invert,
-            expression_input=expression_input,
-        )
-    settings = {
+
+def _default_editor(model, renderer, ds, steps, seed, invert, expression_input) -> Editor:
+    """The editor of an evaluation: the data's mean shape, the code-based expression input of
+    DiffusionRig-EMO models unless one is given."""
+    if expression_input is None and model.config.expression_dim:
+        from emorig.edit.emotion import expression_input_for
+
+        expression_input = expression_input_for(model, None, _device(model))
+    return Editor(
+        model,
+        renderer,
+        mean_shape=ds.mean_shape,
+        timesteps=steps,
+        seed=seed,
+        invert=invert,
+        expression_input=expression_input,
+    )
+
+
+def _settings(ds, modes, pairs, seed, editor, identity, targets, mv, fid_network) -> dict:
+    """The protocol's settings and the data's description, as recorded in the results."""
+    return {
         "data": str(ds.root),
         "items": len(ds),
         "head": ds.manifest.settings.head,
@@ -565,45 +416,6 @@ def evaluate_model(
         "multiview": None if mv is None else str(mv.root),
         "fid_network": _describe_network(fid_network),
     }
-    settings.update(dict(metadata or {}))
-    synthetic = bool(ds.manifest.settings.synthetic_head) or (
-        mv is not None and bool(mv.manifest.settings.synthetic_head)
-    )
-    chosen = pick_pairs(len(ds), pairs, seed)
-    names = [ds.manifest.items[i].source for i in range(len(ds))]
-    part = _edit_pairs(
-        editor, ds, chosen, modes, reconstruct, identity, identity_backend, batch_size,
-        examples, fid_network is not None, progress,
-    )  # fmt: skip
-    rows, example_rows, edits = part
-    emotion = None
-    if targets:
-        sources = list(dict.fromkeys(s for s, _ in chosen))
-        emotion, emo_examples = _emotion_part(
-            editor, ds, sources, targets, predictor, reconstruct, batch_size, emotion_steps,
-            examples, progress,
-        )  # fmt: skip
-        example_rows += emo_examples
-    mv_result = None
-    if mv is not None:
-        mv_result, mv_examples = _multiview_part(
-            editor, mv, reconstruct, multiview_groups, progress
-        )
-        example_rows += mv_examples
-    fid = None
-    if fid_network is not None:
-        fid = _fid(fid_network, ds, edits, fid_size, batch_size, editor.device, progress)
-    return Evaluation(
-        settings=settings,
-        synthetic=synthetic,
-        pairs=tuple((names[s], names[t]) for s, t in chosen),
-        errors=rows,
-        emotion=emotion,
-        multiview=mv_result,
-        fid=fid,
-        examples=tuple(example_rows),
-        seconds=time.perf_counter() - started,
-    )
 
 
 def _describe_network(network) -> str | None:
@@ -639,7 +451,7 @@ def _edit_pairs(
     keep_edits, progress,
 ):  # fmt: skip
     """The code-error and identity rows, example rows and (for FID) the edited images."""
-    acc = {name: _Rows() for name in (*modes, *_REFERENCES)}
+    acc = {name: _Rows() for name in (*modes, *REFERENCES)}
     examples, edits = [], []
     done = 0
     for chunk in _chunks(chosen, batch_size):
@@ -682,7 +494,7 @@ def _edit_pairs(
         if progress is not None:
             progress("edits", done, len(chosen))
     rows = tuple(acc[m].finish(m, "edit", identity) for m in modes) + tuple(
-        acc[r].finish(r, "reference", identity) for r in _REFERENCES
+        acc[r].finish(r, "reference", identity) for r in REFERENCES
     )
     return rows, examples, edits
 
@@ -828,201 +640,9 @@ def _fid(network, ds, edits, size, batch_size, device, progress) -> float:
 
     def data_batches() -> Iterator[Tensor]:
         for chunk in _chunks(range(len(ds)), max(batch_size, 16)):
-            yield torch.stack([(ds[i]["image"] + 1) / 2 for i in chunk])
+            yield torch.stack([ds[i]["image"] for i in chunk])
 
     value = fid_from_images(network, data_batches(), torch.cat(edits), size=size, device=device)
     if progress is not None:
         progress("fid", 1, 1)
     return value
-
-
-# ---------------------------------------------------------------------------------------------
-# report sections
-
-
-def _setting(value: Any) -> Any:
-    if value is None or isinstance(value, (int, float, str, bool)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value) or None
-    return str(value)
-
-
-def _sections(ev: Evaluation) -> list[Section]:
-    s = ev.settings
-    synthetic = ev.synthetic
-    out = []
-    setup = (
-        f"{len(ev.pairs)} (source, target) pairs from {s.get('data')} ({s.get('items')} items, "
-        f"head {s.get('head')}, codes by {s.get('data_reconstructor')}), seed {s.get('seed')}. "
-        f"Each mode edits the source with the target's parameters ({s.get('steps')}"
-        f"{', DDIM inversion' if s.get('invert') else ', fixed noise'}); the edited image is "
-        "reconstructed again and compared with the requested code: the source's code with "
-        "the target's expression and jaw (exp), head rotation (pose) or SH light (light)."
-        "\n\nReference rows: 'unedited' samples the source under its own buffers; 'source' "
-        "re-reconstructs the data image itself (the reconstructor's own error). An edit can "
-        "hardly score better than these."
-    )
-    if synthetic:
-        setup += (
-            "\n\nThe data are SYNTHETIC renders of the built-in procedural head; these numbers "
-            "test the pipeline, not quality on real faces."
-        )
-    settings_rows = [(k, _setting(v)) for k, v in s.items()]
-    out.append(
-        Section(
-            "Evaluation setup",
-            setup,
-            tables=(Table(("setting", "value"), settings_rows),),
-            synthetic=synthetic,
-        )
-    )
-    metrics = list(_METRIC_LABELS)
-    rows = []
-    for r in ev.errors:
-        primary = "" if r.primary is None else _METRIC_LABELS[r.primary]
-        rows.append((r.name, r.kind, primary, *(getattr(r.errors, m) for m in metrics), r.errors.n))
-    plots = []
-    for mode, metric in PRIMARY_METRIC.items():
-        if any(r.name == mode for r in ev.errors):
-            values = [(mode, getattr(ev.row(mode).errors, metric))]
-            values += [(ref, getattr(ev.row(ref).errors, metric)) for ref in _REFERENCES]
-            plots.append(
-                BarPlot(values, title=f"{mode} edits: {_METRIC_LABELS[metric]}, lower is better")
-            )
-    out.append(
-        Section(
-            "Code errors (requested vs re-reconstructed)",
-            "Mean errors over the pairs; each mode is judged by its primary metric.",
-            tables=(
-                Table(
-                    ("row", "kind", "primary metric", *(_METRIC_LABELS[m] for m in metrics), "n"),
-                    rows,
-                ),
-            ),
-            plots=tuple(plots),
-            synthetic=synthetic,
-        )
-    )
-    ident = ev.errors[0].identity.method if ev.errors else "shape"
-    if ident == "shape":
-        text = (
-            "Cosine similarity and L2 distance between the requested identity (shape code) "
-            "and the re-reconstructed one; 1 and 0 mean the identity was kept exactly."
-        )
-        headers = ("row", "shape cosine", "shape L2", "n")
-        id_rows = [(r.name, r.identity.cosine, r.identity.distance, r.identity.n)
-                   for r in ev.errors]  # fmt: skip
-    else:
-        text = (
-            "dlib face descriptors of the source photo and of the edit: cosine similarity, "
-            f"Euclidean distance and the share under dlib's same-person threshold "
-            f"({DLIB_SAME_PERSON}). Pairs where a face is not found are left out."
-        )
-        headers = ("row", "cosine", "distance", "same person", "n")
-        id_rows = [
-            (r.name, r.identity.cosine, r.identity.distance, r.identity.same_rate, r.identity.n)
-            for r in ev.errors
-            if r.name != "source"
-        ]
-    out.append(
-        Section(
-            "Identity preservation",
-            text,
-            tables=(Table(headers, id_rows),),
-            plots=(
-                BarPlot([(r[0], r[1]) for r in id_rows], title="identity cosine, higher is better"),
-            ),
-            synthetic=synthetic,
-        )
-    )
-    if ev.emotion is not None:
-        e = ev.emotion
-        classes = list(e.per_class)
-        out.append(
-            Section(
-                "Emotion accuracy",
-                "For every requested emotion the expression is found with the emotion "
-                "predictor, sampled with the model, reconstructed again and classified by the "
-                "same predictor. 'requested codes' is the predictor's verdict on the searched "
-                "codes themselves: the ceiling the edits can reach.",
-                tables=(
-                    Table(
-                        ("class", "edits", "requested codes"),
-                        [(c, e.per_class[c], e.requested_per_class[c]) for c in classes]
-                        + [("all", e.accuracy, e.requested_accuracy)],
-                        caption=f"{e.n} edits; targets: {', '.join(e.targets)}",
-                    ),
-                    Table(
-                        ("requested \\ predicted", *EMOTION_CLASSES),
-                        [
-                            (EMOTION_CLASSES[i], *row)
-                            for i, row in enumerate(e.confusion)
-                            if sum(row)
-                        ],
-                        caption="confusion of the edits (rows requested, columns predicted)",
-                    ),
-                ),
-                plots=(
-                    BarPlot(
-                        [(c, e.per_class[c]) for c in classes],
-                        title="recall of each requested emotion in the edits",
-                    ),
-                ),
-                synthetic=synthetic,
-            )
-        )
-    if ev.multiview is not None:
-        m = ev.multiview
-        out.append(
-            Section(
-                "Multi-view consistency",
-                f"{m.n_groups} groups of {m.n_views} views: every view gets the same target "
-                "expression; the spread (mean distance of each view's re-reconstructed "
-                "expression + jaw code to its group mean, 0 = consistent) is compared with the "
-                "spread without an edit and on the data images.",
-                tables=(
-                    Table(
-                        ("row", "mean spread", "max spread"),
-                        [(r.name, r.mean, r.max) for r in m.rows],
-                        caption=f"expression error of the edits vs requested: "
-                        f"{m.expression_l2:.4g}",
-                    ),
-                ),
-                plots=(
-                    BarPlot(
-                        [(r.name, r.mean) for r in m.rows],
-                        title="multi-view spread, lower is better",
-                    ),
-                ),
-                synthetic=synthetic,
-            )
-        )
-    if ev.fid is not None:
-        out.append(
-            Section(
-                "FID",
-                "Fréchet distance between features of the data images and of the edits "
-                "(meaningful only with thousands of images and the usual Inception network).",
-                tables=(Table(("images", "FID"), [("data vs edits", ev.fid)]),),
-                synthetic=synthetic,
-            )
-        )
-    grids = []
-    for part, caption in (
-        ("edits", "source | target | one edit per mode | unedited sample"),
-        ("emotion", "source | one edit per requested emotion"),
-        ("multiview", "the views of one group, then each with the same target expression"),
-    ):
-        chosen = [x for x in ev.examples if x.part == part]
-        if chosen:
-            grids.append(
-                ImageGrid(
-                    tuple(ImageRow(x.label, x.images) for x in chosen),
-                    columns=chosen[0].columns,
-                    caption=caption,
-                )
-            )
-    if ev.examples:
-        out.append(Section("Examples", grids=tuple(grids), synthetic=synthetic))
-    return out

@@ -20,12 +20,13 @@ and pass inputs in either memory format; outputs match the default format up to 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
 __all__ = [
     "BACKBONES",
+    "BACKBONE_BUILDERS",
     "BasicBlock",
     "Bottleneck",
     "ResNet",
@@ -33,8 +34,6 @@ __all__ = [
     "resnet18",
     "resnet50",
 ]
-
-BACKBONES = ("resnet50", "resnet18")
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -227,13 +226,20 @@ def resnet18(*, width: int = 64, include_fc: bool = False) -> ResNet:
     return ResNet(BasicBlock, (2, 2, 2, 2), width=width, include_fc=include_fc)
 
 
+#: Backbone builders by name: ``builder(width=..., include_fc=...) -> ResNet``. A new backbone
+#: is one builder here (with torchvision-compatible key names, so its weights load as is).
+BACKBONE_BUILDERS: dict[str, Callable[..., ResNet]] = {"resnet50": resnet50, "resnet18": resnet18}
+#: Their names (``--backbone`` choices).
+BACKBONES = tuple(BACKBONE_BUILDERS)
+
+
 def make_backbone(name: str, *, width: int = 64) -> ResNet:
-    """Build a backbone by name (``"resnet50"`` or ``"resnet18"``), without ``fc``."""
-    if name == "resnet50":
-        return resnet50(width=width)
-    if name == "resnet18":
-        return resnet18(width=width)
-    raise ValueError(f"unknown backbone {name!r}; choose one of {list(BACKBONES)}")
+    """Build a backbone of :data:`BACKBONE_BUILDERS` by name, without ``fc``."""
+    try:
+        builder = BACKBONE_BUILDERS[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {list(BACKBONES)}") from None
+    return builder(width=width)
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:

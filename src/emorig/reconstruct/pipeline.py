@@ -23,10 +23,10 @@ from emorig.io.images import ImageReadError, LoadedImage, read_image, save_png
 from emorig.io.obj import write_obj
 from emorig.reconstruct.deca import DecaModel
 from emorig.reconstruct.detail import DetailRenderer, detail_mesh, sample_uv
+from emorig.reconstruct.encoders import encoder_spec
 from emorig.render.face import FaceRenderer
 from emorig.types import FaceCode
 
-METHODS = ("deca", "emoca", "fit")
 CROP = 224
 
 
@@ -52,7 +52,8 @@ class Reconstructor:
     """Reconstruct faces of photos with one method.
 
     Args:
-        method: ``"deca"``, ``"emoca"`` (a network) or ``"fit"`` (no weights: landmarks then
+        method: a reconstructor of :data:`~emorig.reconstruct.encoders.ENCODERS`: ``"deca"``,
+            ``"emoca"``, ``"builtin"`` (networks) or ``"fit"`` (no weights: landmarks then
             albedo and light).
         head: the FLAME-format head the codes belong to.
         model: the network for ``deca``/``emoca`` (its code sizes must fit ``head``).
@@ -71,15 +72,13 @@ class Reconstructor:
         photometric: bool = True,
         device: str | torch.device = "cpu",
     ):
-        if method not in METHODS:
-            raise EmorigError(f"unknown method '{method}'; choose {', '.join(METHODS)}")
-        if method != "fit" and model is None:
-            raise EmorigError(f"--model {method} needs its weights")
+        spec = encoder_spec(method)
         self.method, self.head, self.photometric = method, head, photometric
         self.device = torch.device(device)
         n_albedo = model.config.n_albedo if model is not None else 50
         self.renderer = FaceRenderer(head, n_albedo=n_albedo).to(self.device)
         self.model = None if model is None else model.for_inference().to(self.device)
+        self.encoder = spec.build(head, self.renderer, self.model, photometric)
         self.aligner = aligner or FaceAligner(size=CROP, mode="deca", device=self.device)
         if self.aligner.mode != "deca" or self.aligner.size != CROP:
             raise EmorigError("reconstruction works on DECA crops of 224 px")
@@ -94,12 +93,6 @@ class Reconstructor:
                 None if fixed is None else torch.as_tensor(fixed),
             ).to(self.device)
 
-    @torch.no_grad()
-    def _encode(self, images: Tensor) -> tuple[FaceCode, Tensor | None]:
-        code = self.model.encode(images.contiguous(memory_format=torch.channels_last))
-        displacement = self.model.displacement(code) if self.detail is not None else None
-        return code, displacement
-
     def reconstruct_crops(self, faces: list[AlignedFace]) -> list[Reconstruction]:
         """Codes for already-aligned DECA crops (batched)."""
         if not faces:
@@ -109,17 +102,9 @@ class Reconstructor:
             self.device
         )
         target_ndc = pixels_to_ndc(target, CROP, CROP)
-        displacement = None
-        if self.method == "fit":
-            from emorig.reconstruct.fitting import fit, fit_landmarks
-
-            if self.photometric:
-                result = fit(self.renderer, images, target_ndc, photometric=True)
-            else:
-                result = fit_landmarks(self.renderer.flame, target_ndc)
-            code = result.code
-        else:
-            code, displacement = self._encode(images)
+        code, displacement = self.encoder.encode(images, target_ndc)
+        if self.detail is None:
+            displacement = None
         with torch.no_grad():
             projected = self.renderer.project(self.renderer.geometry(code).landmarks2d, code)
         err = (ndc_to_pixels(projected[..., :2], CROP, CROP) - target).norm(dim=-1).mean(-1)
@@ -308,35 +293,12 @@ def reconstruct_files(
 def load_model(
     method: str, weights: str | os.PathLike[str] | None, assets: str | os.PathLike[str] | None
 ) -> tuple[DecaModel | None, str | None]:
-    """The network for ``method`` and the head it was trained for (None when unknown).
-
-    ``weights`` may be an emorig model folder (``config.json``; e.g. trained on the built-in
-    head), DECA's ``deca_model.tar`` or an EMOCA model folder; without it the official file is
-    looked up in the asset folder.
-    """
-    from emorig.assets import asset_home, find_asset
-    from emorig.reconstruct import checkpoints as ckpt
-
-    if method == "fit":
-        return None, None
-    if weights is None:
-        key = "deca_model" if method == "deca" else "emoca_model"
-        weights = find_asset(key, asset_home(assets))
-    path = Path(weights)
-    if path.is_dir() and (path / ckpt.CONFIG_NAME).exists():
-        model = ckpt.from_pretrained(path)
-        info = path / "training.json"
-        head = None
-        if info.exists():
-            head = "builtin" if json.loads(info.read_text()).get("synthetic_head") else None
-        return model, head
-    if path.is_dir():
-        return ckpt.load_emoca(path), "flame2020"
-    return ckpt.load_deca(path), "flame2020"
+    """The network of the reconstructor ``method`` (see :mod:`emorig.reconstruct.encoders`)
+    and the head it was trained for (None when unknown or weight-free)."""
+    return encoder_spec(method).load(weights, assets)
 
 
 __all__ = [
-    "METHODS",
     "Reconstruction",
     "Reconstructor",
     "load_model",

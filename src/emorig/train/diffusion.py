@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from emorig.diffusion.config import model_preset
 from emorig.diffusion.loading import load_rig
 from emorig.diffusion.model import RigModel
-from emorig.diffusion.schedule import NoiseSchedule, epsilon_loss
+from emorig.diffusion.pipeline import RigPipeline
+from emorig.diffusion.schedule import epsilon_loss
 from emorig.errors import EmorigError
 from emorig.io.atomic import atomic_write
 from emorig.train.checkpoint import resume_run, save_checkpoint
@@ -285,29 +286,37 @@ def _ema_update(ema: dict[str, Tensor], model: nn.Module, decay: float) -> None:
                 ema[k].copy_(v)
 
 
-def train_rig(
-    cfg: RigTrainConfig,
-    progress: Callable[[int, int, dict[str, float]], None] | None = None,
-    stop_after: int | None = None,
-) -> RigTrainResult:
-    """Run (or resume) a diffusion training stage.
+@dataclass
+class _Run:
+    """The state of a training run between steps."""
 
-    Resumes from the newest checkpoint in ``cfg.out`` (its config must match except
-    ``steps``). ``stop_after`` ends this call after that many steps (tests use it to simulate
-    a kill). The final model is written with ``save_pretrained`` to ``cfg.out/model``.
-    """
+    cfg: RigTrainConfig
+    out: Path
+    accelerator: Any
+    data: Any
+    emo: Any
+    model: nn.Module  # as prepared by Accelerate
+    raw: RigModel  # the unwrapped model
+    pipeline: RigPipeline
+    optimizer: torch.optim.Optimizer
+    trainable: list[nn.Parameter]
+    ema: dict[str, Tensor] | None
+    start: int
+    steps: int
+    batch_size: int
+    sample_batch: dict[str, Any]
+
+
+def _start_run(cfg: RigTrainConfig) -> _Run:
+    """Data, model, optimiser and EMA of a run, restored from its newest checkpoint."""
     from accelerate import Accelerator
 
     from emorig.data.dataset import CONDITION_NAMES, BufferDataset
-    from emorig.diffusion.pretrained import save_pretrained
     from emorig.train.emo import EmoTerms
 
-    t0 = time.perf_counter()
-    out = Path(cfg.out)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu)
     device = accelerator.device
     steps, batch_size, lr = (cfg.resolved(n) for n in ("steps", "batch_size", "lr"))
-    prefixes = cfg.resolved("trainable")
     dataset = BufferDataset(cfg.data, condition=CONDITION_NAMES, codes=True)
     if len(dataset) < 1:
         raise EmorigError(f"{cfg.data}: the prepared set is empty")
@@ -321,12 +330,11 @@ def train_rig(
         raise EmorigError(
             f"the model works at {model.config.image_size} px, {cfg.data} at {dataset.size} px"
         )
-    trainable = set_trainable(model, tuple(prefixes))
+    trainable = set_trainable(model, tuple(cfg.resolved("trainable")))
     optimizer = torch.optim.Adam(trainable, lr=lr)
-    schedule = NoiseSchedule.linear()
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.ema > 0 else None
     start = 0
-    state = resume_run(out, cfg, model, optimizer)
+    state = resume_run(cfg.out, cfg, model, optimizer)
     if state is not None:
         if ema is not None:
             ema = state["ema"]
@@ -336,102 +344,127 @@ def train_rig(
     raw: RigModel = accelerator.unwrap_model(model)
     if ema is not None:
         ema = {k: v.to(device) for k, v in ema.items()}
-    rank, world = accelerator.process_index, accelerator.num_processes
-    end = steps if stop_after is None else min(steps, start + stop_after)
     sample_batch = _collate(data, list(range(min(4, len(data)))), device)
-    log_path = out / "losses.jsonl"
+    return _Run(
+        cfg, Path(cfg.out), accelerator, data, emo, model, raw, RigPipeline(raw), optimizer,
+        trainable, ema, start, steps, batch_size, sample_batch,
+    )  # fmt: skip
+
+
+def _step(run: _Run, step: int) -> dict[str, float]:
+    """One optimisation step; returns its losses."""
+    cfg, accelerator = run.cfg, run.accelerator
+    rank, world = accelerator.process_index, accelerator.num_processes
+    idx = step_indices(len(run.data), run.batch_size, step, rank, world, cfg.seed)
+    batch = _collate(run.data, idx, accelerator.device)
+    g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 131 + rank)
+    x0, t, noise, x_t = run.pipeline.training_inputs(batch["image"], g)
+    with accelerator.autocast():
+        expression = run.emo.expression_input(batch)
+        eps = run.model(x_t, t, batch["condition"], x_start=x0, expression=expression)
+        schedule = run.pipeline.schedule
+        terms = {
+            "diffusion": epsilon_loss(
+                eps.float(), noise, t, schedule, p2_k=cfg.p2_k, p2_gamma=cfg.p2_gamma
+            ).mean()
+        }
+        terms.update(run.emo.losses(batch, x_t, t, eps, run.pipeline))
+        loss = sum(terms.values())
+    if not torch.isfinite(loss):
+        raise EmorigError(f"step {step}: the loss is {float(loss)}; lower --lr or check data")
+    run.optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    if cfg.grad_clip:
+        accelerator.clip_grad_norm_(run.trainable, cfg.grad_clip)
+    run.optimizer.step()
+    if run.ema is not None:
+        _ema_update(run.ema, run.raw, cfg.ema)
+    return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+
+
+def _after_step(run: _Run, done: int, end: int, last: dict[str, float], progress) -> Path | None:
+    """Log, report progress, write the sample grid and the checkpoint when they are due (main
+    process only); returns the checkpoint written, if any."""
+    cfg, out = run.cfg, run.out
+    if done % cfg.log_every == 0 or done == end:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "losses.jsonl", "a") as f:
+            f.write(json.dumps({"step": done, **last}) + "\n")
+    if progress is not None:
+        progress(done, run.steps, last)
+    if done % cfg.sample_every == 0 or done == run.steps:
+        write_sample_grid(
+            run.pipeline, run.emo, run.sample_batch, cfg, out / "samples" / f"step-{done:08d}.png"
+        )
+        train_mode(run.raw)
+    if done % cfg.save_every == 0 or done == end:
+        extra = {} if run.ema is None else {"ema": run.ema}
+        payload = {"model": run.raw.state_dict(), "optimizer": run.optimizer.state_dict()}
+        return save_checkpoint(out, done, {**payload, **extra}, cfg.to_dict(), keep=cfg.keep)
+    return None
+
+
+def _export(run: _Run) -> Path:
+    """The final model (the EMA weights when EMA is on) as a model folder, with the run's
+    settings in ``training.json``."""
+    from emorig.diffusion.pretrained import save_pretrained
+
+    final = run.raw
+    if run.ema is not None:
+        final = RigModel(run.raw.config)
+        final.load_state_dict(run.ema)
+    folder = save_pretrained(final, run.out / "model")
+    with atomic_write(folder / "training.json", "w") as f:
+        info = {"config": run.cfg.to_dict(), "steps": run.steps, "data": str(run.cfg.data)}
+        json.dump(info, f, indent=1)
+    return folder
+
+
+def train_rig(
+    cfg: RigTrainConfig,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    stop_after: int | None = None,
+) -> RigTrainResult:
+    """Run (or resume) a diffusion training stage.
+
+    Resumes from the newest checkpoint in ``cfg.out`` (its config must match except
+    ``steps``). ``stop_after`` ends this call after that many steps (tests use it to simulate
+    a kill). The final model is written with ``save_pretrained`` to ``cfg.out/model``.
+    """
+    t0 = time.perf_counter()
+    run = _start_run(cfg)
+    end = run.steps if stop_after is None else min(run.steps, run.start + stop_after)
     last: dict[str, float] = {}
     checkpoint = None
-    for step in range(start, end):
-        idx = step_indices(len(data), batch_size, step, rank, world, cfg.seed)
-        batch = _collate(data, idx, device)
-        g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 131 + rank)
-        t = schedule.sample_timesteps(len(idx), generator=g).to(device)
-        noise = torch.randn(batch["image"].shape, generator=g).to(device)
-        x_t = schedule.q_sample(batch["image"], t, noise)
-        with accelerator.autocast():
-            expression = emo.expression_input(batch)
-            eps = model(x_t, t, batch["condition"], x_start=batch["image"], expression=expression)
-            terms = {
-                "diffusion": epsilon_loss(
-                    eps.float(), noise, t, schedule, p2_k=cfg.p2_k, p2_gamma=cfg.p2_gamma
-                ).mean()
-            }
-            terms.update(emo.losses(batch, x_t, t, eps, schedule))
-            loss = sum(terms.values())
-        if not torch.isfinite(loss):
-            raise EmorigError(f"step {step}: the loss is {float(loss)}; lower --lr or check data")
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        if cfg.grad_clip:
-            accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
-        optimizer.step()
-        if ema is not None:
-            _ema_update(ema, raw, cfg.ema)
-        last = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
-        done = step + 1
-        if accelerator.is_main_process:
-            if done % cfg.log_every == 0 or done == end:
-                out.mkdir(parents=True, exist_ok=True)
-                with open(log_path, "a") as f:
-                    f.write(json.dumps({"step": done, **last}) + "\n")
-            if progress is not None:
-                progress(done, steps, last)
-            if done % cfg.sample_every == 0 or done == steps:
-                write_sample_grid(
-                    raw, emo, sample_batch, schedule, cfg, out / "samples" / f"step-{done:08d}.png"
-                )
-                train_mode(raw)
-            if done % cfg.save_every == 0 or done == end:
-                extra = {} if ema is None else {"ema": ema}
-                checkpoint = save_checkpoint(
-                    out,
-                    done,
-                    {"model": raw.state_dict(), "optimizer": optimizer.state_dict(), **extra},
-                    cfg.to_dict(),
-                    keep=cfg.keep,
-                )
-        accelerator.wait_for_everyone()
+    for step in range(run.start, end):
+        last = _step(run, step)
+        if run.accelerator.is_main_process:
+            checkpoint = _after_step(run, step + 1, end, last, progress) or checkpoint
+        run.accelerator.wait_for_everyone()
     folder = None
-    if accelerator.is_main_process and end == steps:
-        final = raw
-        if ema is not None:
-            final = RigModel(raw.config)
-            final.load_state_dict(ema)
-        folder = save_pretrained(final, out / "model")
-        with atomic_write(folder / "training.json", "w") as f:
-            json.dump({"config": cfg.to_dict(), "steps": steps, "data": str(cfg.data)}, f, indent=1)
+    if run.accelerator.is_main_process and end == run.steps:
+        folder = _export(run)
     return RigTrainResult(end, last, checkpoint, folder, time.perf_counter() - t0)
 
 
 @torch.no_grad()
 def write_sample_grid(
-    model: RigModel, emo, batch: dict[str, Any], schedule: NoiseSchedule, cfg, path: Path
+    pipeline: RigPipeline, emo, batch: dict[str, Any], cfg: RigTrainConfig, path: Path
 ) -> None:
     """Lambertian buffer | training image | DDIM sample from fixed noise, one row per item."""
-    from emorig.diffusion.sampling import ddim_sample
     from emorig.io.images import contact_sheet, save_png, to_uint8
 
+    model = pipeline.model
     was = model.training
     model.eval()
     image, cond = batch["image"], batch["condition"]
-    latent = model.encode(image)
+    latent = pipeline.encode_latent(image)
     expression = emo.expression_input(batch)
-    g = torch.Generator().manual_seed(cfg.seed)
-    noise = torch.randn(image.shape, generator=g).to(image.device)
-
-    def denoise(x: Tensor, t: Tensor) -> Tensor:
-        return model(x, t, cond, latent=latent, expression=expression)
-
-    sample = ddim_sample(denoise, noise, schedule, cfg.sample_steps)
+    noise = pipeline.noise(image.shape[0], torch.Generator().manual_seed(cfg.seed))
+    sample = pipeline.sample(noise, cond, latent, expression, timesteps=cfg.sample_steps)
     model.train(was)
-    rows = []
-    for i in range(image.shape[0]):
-        rows.append(
-            [
-                to_uint8(cond[i, :3].clamp(0, 1)),
-                to_uint8((image[i] + 1) / 2),
-                to_uint8(((sample[i] + 1) / 2).clamp(0, 1)),
-            ]
-        )
+    rows = [
+        [to_uint8(cond[i, :3].clamp(0, 1)), to_uint8(image[i]), to_uint8(sample[i])]
+        for i in range(image.shape[0])
+    ]
     save_png(contact_sheet(rows, column_labels=["buffer", "image", "sample"]), path)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from emorig.diffusion.schedule import NoiseSchedule
+from emorig.diffusion.pipeline import RigPipeline
 from emorig.emotion.crops import code_expression_input, face_crops
 from emorig.errors import EmorigError
 
@@ -70,7 +70,7 @@ class EmoTerms:
             return code_expression_input(batch["code"])
         assert self.recognizer is not None
         with torch.no_grad():
-            crops = face_crops((batch["image"] + 1) / 2, batch["crop_transform"])
+            crops = face_crops(batch["image"], batch["crop_transform"])
             return self.recognizer(crops).features.float()
 
     def losses(
@@ -79,17 +79,17 @@ class EmoTerms:
         x_t: Tensor,
         t: Tensor,
         eps: Tensor,
-        schedule: NoiseSchedule,
+        pipeline: RigPipeline,
     ) -> dict[str, Tensor]:
         """``{"emotion": L_emo}`` when the emotion loss is on, else ``{}``."""
         if self.weight <= 0:
             return {}
         assert self.recognizer is not None
-        x0 = schedule.predict_x0(x_t, t, eps.float()).clamp(-1, 1)
         transform = batch["crop_transform"]
-        generated = self.recognizer(face_crops((x0 + 1) / 2, transform)).features
+        x0 = pipeline.predicted_images(x_t, t, eps)
+        generated = self.recognizer(face_crops(x0, transform)).features
         with torch.no_grad():
-            reference = self.recognizer(face_crops((batch["image"] + 1) / 2, transform)).features
+            reference = self.recognizer(face_crops(batch["image"], transform)).features
         per_item = (generated.float() - reference.float()).pow(2).mean(dim=1)
-        signal = schedule.alpha_bar(t, per_item).reshape(-1).to(per_item.dtype)
+        signal = pipeline.signal_fraction(t, per_item)
         return {"emotion": self.weight * (signal * per_item).mean()}

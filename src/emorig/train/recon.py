@@ -228,7 +228,7 @@ class PreparedSource:
 
         g = _step_generator(self.seed, step, self.rank)
         idx = torch.randint(0, self.images.shape[0], (self.batch_size,), generator=g)
-        images = face_crops((self.images[idx] + 1) / 2, self.crops[idx], IMAGE_SIZE)
+        images = face_crops(self.images[idx], self.crops[idx], IMAGE_SIZE)
         code = self.code[idx]
         with torch.no_grad():
             device = self.renderer.flame.v_template.device
@@ -563,6 +563,193 @@ class TrainResult:
     seconds: float
 
 
+@dataclass
+class _ReconRun:
+    """What the steps of a training run share."""
+
+    accelerator: Any
+    model: Any  # as prepared by Accelerate
+    raw: DecaModel  # the unwrapped model
+    optimizer: Any
+    trainable: list[nn.Parameter]
+    start: int
+    renderer: FaceRenderer
+    face_eye: Tensor | None
+    detail: DetailRenderer | None
+    source: Callable[[int], ReconBatch]
+
+
+def _trainable_model(
+    cfg: ReconTrainConfig,
+) -> tuple[DecaModel, list[nn.Parameter], torch.optim.Optimizer, int]:
+    """The model with only the stage's parts trainable, their optimiser and the step to start
+    from (resumed from the newest matching checkpoint in ``cfg.out``)."""
+    with torch.random.fork_rng(devices=[]):  # the run's seed, not the process's RNG state
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg)
+    model.requires_grad_(False)
+    trainable = [p for name in TRAINABLE[cfg.stage] for p in getattr(model, name).parameters()]
+    for p in trainable:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
+    start = 0
+    state = resume_run(Path(cfg.out), cfg, model, optimizer)
+    if state is not None:
+        start = int(state["step"])
+    model.train()
+    for name in set(dict(model.named_children())) - set(TRAINABLE[cfg.stage]):
+        getattr(model, name).eval()  # frozen parts keep their batch-norm statistics
+    return model, trainable, optimizer, start
+
+
+def _detail_renderer(
+    head: HeadAssets, face_eye: Tensor | None, device: torch.device
+) -> DetailRenderer:
+    """The detail stage's UV-space renderer; needs the head's UV face/eye mask."""
+    if face_eye is None:
+        raise EmorigError(
+            "the detail stage needs the head's UV face/eye mask "
+            "(for FLAME: uv_face_eye_mask.png from DECA's data folder)"
+        )
+    fixed = None if head.fixed_displacement is None else torch.as_tensor(head.fixed_displacement)
+    return DetailRenderer(
+        torch.as_tensor(head.flame.faces),
+        torch.as_tensor(head.uv.uv),
+        torch.as_tensor(head.uv.uv_faces),
+        face_eye.cpu(),
+        fixed,
+    ).to(device)
+
+
+def _data_source(
+    cfg: ReconTrainConfig, renderer: FaceRenderer, rank: int
+) -> Callable[[int], ReconBatch]:
+    """Batches by step: synthetic renders, a prepared folder or a folder of photos."""
+    if cfg.data is None:
+        return SyntheticSource(renderer, cfg.batch_size, cfg.group_size, cfg.seed, rank)
+    prepared = (Path(cfg.data) / "manifest.json").is_file()
+    if cfg.stage == "synthetic" and not prepared:
+        raise EmorigError(
+            "the synthetic stage renders its own data or reads a prepared folder with true "
+            "codes (emorig synth --prepared); --data is neither"
+        )
+    if prepared:
+        return PreparedSource(cfg.data, renderer, cfg.batch_size, cfg.seed, rank)
+    return FolderSource(cfg.data, cfg.batch_size, cfg.group_size, cfg.seed, rank)
+
+
+def _start_run(cfg: ReconTrainConfig, accelerator: Any, head: HeadAssets, nets: Networks):
+    """Model, optimiser, renderers and data source of a run, on the accelerator's device."""
+    model, trainable, optimizer, start = _trainable_model(cfg)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+    device = accelerator.device
+    renderer = FaceRenderer(head, n_albedo=raw.config.n_albedo).to(device)
+    for p in renderer.parameters():
+        p.requires_grad_(False)
+    for net in (nets.identity, nets.emotion, nets.idmrf):
+        if net is not None:
+            net.to(device)
+    face_eye = (
+        None
+        if head.uv_face_eye_mask is None
+        else torch.as_tensor(head.uv_face_eye_mask, device=device)
+    )
+    detail = _detail_renderer(head, face_eye, device) if cfg.stage == "detail" else None
+    source = _data_source(cfg, renderer, accelerator.process_index)
+    return _ReconRun(
+        accelerator, model, raw, optimizer, trainable, start, renderer, face_eye, detail, source
+    )
+
+
+def _train_step(
+    cfg: ReconTrainConfig,
+    run: _ReconRun,
+    step: int,
+    weights: L.LossWeights,
+    nets: Networks,
+) -> tuple[ReconBatch, dict[str, float]]:
+    """One optimiser step of the stage's losses; the batch and the losses (floats)."""
+    accelerator, raw, renderer = run.accelerator, run.raw, run.renderer
+    device = accelerator.device
+    batch = run.source(step)
+    batch = ReconBatch(
+        batch.images.to(device),
+        batch.landmarks.to(device),
+        batch.identity.to(device),
+        None if batch.truth is None else batch.truth.to(device),
+    )
+    g = _step_generator(cfg.seed, step, accelerator.process_index + 7919)
+    with accelerator.autocast():
+        if cfg.stage == "synthetic":
+            terms = synthetic_losses(raw, renderer, batch)
+        elif cfg.stage == "detail":
+            terms = detail_losses(cfg, raw, renderer, run.detail, batch, weights, nets, g)
+        else:
+            terms = coarse_losses(cfg, raw, renderer, batch, weights, nets, run.face_eye, g)
+        loss = sum(terms.values())
+    if not torch.isfinite(loss):
+        raise EmorigError(f"step {step}: the loss is {float(loss)}; lower --lr or check data")
+    run.optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    if cfg.grad_clip:
+        accelerator.clip_grad_norm_(run.trainable, cfg.grad_clip)
+    run.optimizer.step()
+    return batch, {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+
+
+def _log_and_save(
+    cfg: ReconTrainConfig,
+    run: _ReconRun,
+    done: int,
+    end: int,
+    batch: ReconBatch,
+    last: dict[str, float],
+    progress: Callable[[int, int, dict[str, float]], None] | None,
+) -> Path | None:
+    """Log the losses, report them, write samples and a checkpoint when due; the checkpoint
+    written, if any."""
+    out = Path(cfg.out)
+    if done % cfg.log_every == 0 or done == end:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "losses.jsonl", "a") as f:
+            f.write(json.dumps({"step": done, **last}) + "\n")
+    if progress is not None:
+        progress(done, cfg.steps, last)
+    if done % cfg.sample_every == 0 or done == cfg.steps:
+        write_samples(run.raw, run.renderer, batch, out / "samples" / f"step-{done:08d}.png")
+    if done % cfg.save_every == 0 or done == end:
+        return save_checkpoint(
+            out,
+            done,
+            {"model": run.raw.state_dict(), "optimizer": run.optimizer.state_dict()},
+            cfg.to_dict(),
+            keep=cfg.keep,
+        )
+    return None
+
+
+def _save_model(cfg: ReconTrainConfig, raw: DecaModel, head: HeadAssets) -> Path:
+    """``save_pretrained`` the trained model with its ``training.json`` in ``cfg.out/model``."""
+    from emorig.reconstruct import checkpoints as ckpt
+
+    out = Path(cfg.out)
+    model_folder = out / "model"
+    ckpt.save_pretrained(raw, model_folder)
+    with atomic_write(out / "model" / "training.json", "w") as f:
+        json.dump(
+            {
+                "head": head.flame.name,
+                "synthetic_head": head.synthetic,
+                "config": cfg.to_dict(),
+                "steps": cfg.steps,
+            },
+            f,
+            indent=1,
+        )
+    return model_folder
+
+
 def train_reconstruction(
     cfg: ReconTrainConfig,
     head: HeadAssets | None = None,
@@ -578,139 +765,25 @@ def train_reconstruction(
     from accelerate import Accelerator
 
     from emorig.flame.heads import load_head
-    from emorig.reconstruct import checkpoints as ckpt
 
     t0 = time.perf_counter()
-    out = Path(cfg.out)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu)
     head = head if head is not None else load_head(cfg.head, cfg.assets)
     weights = cfg.loss_weights()
     nets = build_networks(cfg, weights)
-    with torch.random.fork_rng(devices=[]):  # the run's seed, not the process's RNG state
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg)
-    model.requires_grad_(False)
-    trainable = [p for name in TRAINABLE[cfg.stage] for p in getattr(model, name).parameters()]
-    for p in trainable:
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
-    start = 0
-    state = resume_run(out, cfg, model, optimizer)
-    if state is not None:
-        start = int(state["step"])
-    model.train()
-    for name in set(dict(model.named_children())) - set(TRAINABLE[cfg.stage]):
-        getattr(model, name).eval()  # frozen parts keep their batch-norm statistics
-    model, optimizer = accelerator.prepare(model, optimizer)
-    raw = accelerator.unwrap_model(model)
-    device = accelerator.device
-    renderer = FaceRenderer(head, n_albedo=raw.config.n_albedo).to(device)
-    for p in renderer.parameters():
-        p.requires_grad_(False)
-    for net in (nets.identity, nets.emotion, nets.idmrf):
-        if net is not None:
-            net.to(device)
-    face_eye = (
-        None
-        if head.uv_face_eye_mask is None
-        else torch.as_tensor(head.uv_face_eye_mask, device=device)
-    )
-    detail = None
-    if cfg.stage == "detail":
-        if face_eye is None:
-            raise EmorigError(
-                "the detail stage needs the head's UV face/eye mask "
-                "(for FLAME: uv_face_eye_mask.png from DECA's data folder)"
-            )
-        fixed = (
-            None if head.fixed_displacement is None else torch.as_tensor(head.fixed_displacement)
-        )
-        detail = DetailRenderer(
-            torch.as_tensor(head.flame.faces),
-            torch.as_tensor(head.uv.uv),
-            torch.as_tensor(head.uv.uv_faces),
-            face_eye.cpu(),
-            fixed,
-        ).to(device)
-    rank = accelerator.process_index
-    if cfg.data is None:
-        source: Callable[[int], ReconBatch] = SyntheticSource(
-            renderer, cfg.batch_size, cfg.group_size, cfg.seed, rank
-        )
-    else:
-        prepared = (Path(cfg.data) / "manifest.json").is_file()
-        if cfg.stage == "synthetic" and not prepared:
-            raise EmorigError(
-                "the synthetic stage renders its own data or reads a prepared folder with true "
-                "codes (emorig synth --prepared); --data is neither"
-            )
-        if prepared:
-            source = PreparedSource(cfg.data, renderer, cfg.batch_size, cfg.seed, rank)
-        else:
-            source = FolderSource(cfg.data, cfg.batch_size, cfg.group_size, cfg.seed, rank)
-    log_path = out / "losses.jsonl"
+    run = _start_run(cfg, accelerator, head, nets)
     last: dict[str, float] = {}
     checkpoint = None
-    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    for step in range(start, end):
-        batch = source(step)
-        batch = ReconBatch(
-            batch.images.to(device),
-            batch.landmarks.to(device),
-            batch.identity.to(device),
-            None if batch.truth is None else batch.truth.to(device),
-        )
-        g = _step_generator(cfg.seed, step, rank + 7919)
-        with accelerator.autocast():
-            if cfg.stage == "synthetic":
-                terms = synthetic_losses(raw, renderer, batch)
-            elif cfg.stage == "detail":
-                terms = detail_losses(cfg, raw, renderer, detail, batch, weights, nets, g)
-            else:
-                terms = coarse_losses(cfg, raw, renderer, batch, weights, nets, face_eye, g)
-            loss = sum(terms.values())
-        if not torch.isfinite(loss):
-            raise EmorigError(f"step {step}: the loss is {float(loss)}; lower --lr or check data")
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        if cfg.grad_clip:
-            accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
-        optimizer.step()
-        last = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
-        done = step + 1
+    end = cfg.steps if stop_after is None else min(cfg.steps, run.start + stop_after)
+    for step in range(run.start, end):
+        batch, last = _train_step(cfg, run, step, weights, nets)
         if accelerator.is_main_process:
-            if done % cfg.log_every == 0 or done == end:
-                out.mkdir(parents=True, exist_ok=True)
-                with open(log_path, "a") as f:
-                    f.write(json.dumps({"step": done, **last}) + "\n")
-            if progress is not None:
-                progress(done, cfg.steps, last)
-            if done % cfg.sample_every == 0 or done == cfg.steps:
-                write_samples(raw, renderer, batch, out / "samples" / f"step-{done:08d}.png")
-            if done % cfg.save_every == 0 or done == end:
-                checkpoint = save_checkpoint(
-                    out,
-                    done,
-                    {"model": raw.state_dict(), "optimizer": optimizer.state_dict()},
-                    cfg.to_dict(),
-                    keep=cfg.keep,
-                )
+            saved = _log_and_save(cfg, run, step + 1, end, batch, last, progress)
+            checkpoint = saved if saved is not None else checkpoint
         accelerator.wait_for_everyone()
     model_folder = None
     if accelerator.is_main_process and end == cfg.steps:
-        model_folder = out / "model"
-        ckpt.save_pretrained(raw, model_folder)
-        with atomic_write(out / "model" / "training.json", "w") as f:
-            json.dump(
-                {
-                    "head": head.flame.name,
-                    "synthetic_head": head.synthetic,
-                    "config": cfg.to_dict(),
-                    "steps": cfg.steps,
-                },
-                f,
-                indent=1,
-            )
+        model_folder = _save_model(cfg, run.raw, head)
     return TrainResult(end, last, checkpoint, model_folder, time.perf_counter() - t0)
 
 

@@ -1,0 +1,172 @@
+"""The diffusion pipeline: the one place that knows model space.
+
+Everything outside this module speaks images: (B, 3, S, S) RGB in [0, 1]. The denoiser works
+in *model space*: today DiffusionRig's pixels scaled to [-1, 1] (``x = 2 image - 1``); a
+latent model will swap these few methods for an autoencoder's encode/decode, and nothing that
+edits, evaluates or trains has to change. :class:`RigPipeline` owns that conversion, the shape
+of the noise, sampling (DDIM from noise to images), inversion (DDIM from images to noise), the
+global latent of an image, the clean image predicted at a training step, and the noise of a
+training step.
+
+Sampling follows DiffusionRig: the linear 1000-step schedule, DDIM respaced (``"ddim20"``),
+eta 0, clipping the predicted clean image except when starting from an inversion (then the
+unedited path retraces the inversion).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from emorig.diffusion.model import RigModel
+from emorig.diffusion.sampling import ddim_invert, ddim_sample
+from emorig.diffusion.schedule import NoiseSchedule
+
+__all__ = ["Denoiser", "RigPipeline"]
+
+#: ``denoise(x_t, t) -> eps`` in model space.
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+
+
+class RigPipeline:
+    """A :class:`RigModel` with its noise schedule, seen from image space.
+
+    Args:
+        model: the diffusion model (its device is used everywhere).
+        schedule: the noise schedule; default DiffusionRig's linear 1000 steps.
+    """
+
+    def __init__(self, model: RigModel, schedule: NoiseSchedule | None = None):
+        self.model = model
+        self.schedule = schedule if schedule is not None else NoiseSchedule.linear()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def image_size(self) -> int:
+        """S: the side of the images the model edits."""
+        return int(self.model.config.image_size)
+
+    # -- model space ---------------------------------------------------------------------------
+
+    def to_model(self, images: Tensor) -> Tensor:
+        """(B, 3, S, S) images in [0, 1] -> model space."""
+        return images * 2 - 1
+
+    def to_images(self, x: Tensor) -> Tensor:
+        """Model space -> (B, 3, S, S) images in [0, 1] (clamped)."""
+        return ((x + 1) / 2).clamp(0, 1)
+
+    def model_shape(self, batch: int) -> tuple[int, int, int, int]:
+        """The shape of ``batch`` samples in model space (and of their noise)."""
+        s = self.image_size
+        return (batch, 3, s, s)
+
+    def noise(self, batch: int, generator: torch.Generator) -> Tensor:
+        """(batch, ...) standard normal noise in model space, drawn on the CPU from
+        ``generator`` (reproducible on every device), on the model's device."""
+        return torch.randn(self.model_shape(batch), generator=generator).to(self.device)
+
+    def fixed_noise(self, batch: int, seed: int) -> Tensor:
+        """One noise image from ``seed``, shared by every item of the batch (DiffusionRig's
+        edits all start from the same noise)."""
+        g = torch.Generator().manual_seed(seed)
+        return self.noise(1, g).expand(batch, -1, -1, -1)
+
+    # -- the networks ----------------------------------------------------------------------------
+
+    def encode_latent(self, images: Tensor) -> Tensor:
+        """(B, latent_dim) the global latent of (B, 3, S, S) images in [0, 1]."""
+        return self.model.encode(self.to_model(images.to(self.device)))
+
+    def denoiser(
+        self, condition: Tensor, latent: Tensor, expression: Tensor | None = None
+    ) -> Denoiser:
+        """The model as ``denoise(x_t, t)`` for fixed condition buffers, latent and expression
+        input."""
+
+        def denoise(x: Tensor, t: Tensor) -> Tensor:
+            return self.model(x, t, condition, latent=latent, expression=expression)
+
+        return denoise
+
+    def sample(
+        self,
+        noise: Tensor,
+        condition: Tensor,
+        latent: Tensor,
+        expression: Tensor | None = None,
+        *,
+        timesteps: str = "ddim20",
+        clip: bool = True,
+        progress: bool = False,
+    ) -> Tensor:
+        """DDIM from ``noise`` (model space) to images in [0, 1].
+
+        Args:
+            noise: (B, ...) starting noise (:meth:`fixed_noise`, :meth:`invert`).
+            condition: (B, C, S, S) condition buffers (``RigModel.condition_tensor``).
+            latent: (B, latent_dim) global latents (:meth:`encode_latent`).
+            expression: (B, D) expression-encoder input of DiffusionRig-EMO models, or None.
+            timesteps: DDIM respacing, e.g. ``"ddim20"``.
+            clip: clip the predicted clean image at every step.
+            progress: show a progress bar.
+        """
+        x = ddim_sample(
+            self.denoiser(condition, latent, expression),
+            noise,
+            self.schedule,
+            timesteps,
+            clip_denoised=clip,
+            progress=progress,
+        )
+        return self.to_images(x)
+
+    def invert(
+        self,
+        images: Tensor,
+        condition: Tensor,
+        latent: Tensor,
+        expression: Tensor | None = None,
+        *,
+        timesteps: str = "ddim20",
+        iterations: int = 2,
+        progress: bool = False,
+    ) -> Tensor:
+        """DDIM inversion: the noise (model space) from which :meth:`sample` (with
+        ``clip=False``) retraces ``images`` (B, 3, S, S) in [0, 1]; ``iterations``
+        fixed-point refinements per step."""
+        return ddim_invert(
+            self.denoiser(condition, latent, expression),
+            self.to_model(images.to(self.device)),
+            self.schedule,
+            timesteps,
+            fixed_point_iterations=iterations,
+            progress=progress,
+        )
+
+    # -- training --------------------------------------------------------------------------------
+
+    def training_inputs(
+        self, images: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One training step's ``(x0, t, noise, x_t)`` for images in [0, 1]: timesteps drawn
+        uniformly, then the noise, both from ``generator`` (CPU), on the images' device."""
+        x0 = self.to_model(images)
+        t = self.schedule.sample_timesteps(x0.shape[0], generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        return x0, t, noise, self.schedule.q_sample(x0, t, noise)
+
+    def predicted_images(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """The clean images (in [0, 1]) that the noise estimate ``eps`` at ``(x_t, t)``
+        implies, differentiable (the emotion-consistency loss reads them)."""
+        x0 = self.schedule.predict_x0(x_t, t, eps.float()).clamp(-1, 1)
+        return (x0 + 1) / 2
+
+    def signal_fraction(self, t: Tensor, like: Tensor) -> Tensor:
+        """(B,) ᾱ(t): the share of signal in ``x_t``, shaped and typed like ``like``."""
+        return self.schedule.alpha_bar(t, like).reshape(-1).to(like.dtype)
