@@ -6,11 +6,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
+from emorig.cli import options
+from emorig.cli.output import say, stage_progress
+from emorig.cli.shared import load_head, resolve_head
 from emorig.errors import EmorigError
+
+#: The command's name and its line in ``emorig --help``.
+NAME = "evaluate"
+HELP = (
+    "evaluate edits (code errors, identity, emotion, multi-view, FID) into a report; "
+    "'evaluate now': NoW-style scan-to-mesh error"
+)
+
 
 DESCRIPTION = """\
 Evaluate a DiffusionRig(-EMO) model's edits, ControlFace-style: for --pairs (source, target)
@@ -37,27 +47,6 @@ point's distance to the mesh surface is measured. Prints mean, median and std in
 units (NoW: millimetres)."""
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def _progress():
-    from tqdm import tqdm
-
-    bars: dict[str, tqdm] = {}
-
-    def update(stage: str, done: int, total: int) -> None:
-        bar = bars.get(stage)
-        if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, disable=None, file=sys.stderr)
-        bar.n = done
-        bar.refresh()
-        if done >= total:
-            bar.close()
-
-    return update
-
-
 def parse_emotions(text: str | None) -> list[str] | None:
     """``"all"`` -> every class; ``"happy,sad"`` -> those (checked); None -> None."""
     from emorig.types import EMOTION_CLASSES
@@ -78,7 +67,6 @@ def parse_emotions(text: str | None) -> list[str] | None:
 def load_reconstructor(weights: str | None, head: str, assets: str | None, device):
     """The re-reconstruction callable for ``head``'s codes from an encoder (emorig folder,
     DECA's ``deca_model.tar`` or an EMOCA folder)."""
-    from emorig.cli.prepare import resolve_head
     from emorig.evaluate.protocol import encoder_reconstructor
     from emorig.reconstruct.pipeline import load_model
 
@@ -96,7 +84,6 @@ def load_reconstructor(weights: str | None, head: str, assets: str | None, devic
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from emorig.data.dataset import BufferDataset
-    from emorig.edit.emotion import emotion_predictor
     from emorig.evaluate.protocol import evaluate_model
     from emorig.evaluate.report import write_report
 
@@ -118,29 +105,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     identity = args.identity
     if identity == "auto":
         identity = "shape" if data.manifest.settings.synthetic_head else "dlib"
-
-    from emorig.diffusion.loading import load_rig
-    from emorig.flame.heads import load_head
-    from emorig.render.face import FaceRenderer
-
-    model = load_rig(args.model, device=args.device)
-    if model.config.image_size != data.size:
-        raise EmorigError(
-            f"the model works at {model.config.image_size} px; --data is {data.size} px "
-            f"(prepare it with --size {model.config.image_size})"
-        )
-    if head == "builtin":
-        _say("building the built-in synthetic head (procedural, about 5 s)...")
-    renderer = FaceRenderer(load_head(head, args.assets)).to(args.device)
-    expression_input = None
-    if model.config.expression_dim:
-        from emorig.edit.emotion import expression_input_for
-
-        expression_input = expression_input_for(model, args.recognizer, args.device)
+    model, renderer, expression_input = _load_model(args, data)
     predictor = None
     if emotions:
+        from emorig.edit.emotion import emotion_predictor
+
         predictor = emotion_predictor(
-            args.emotion_predictor, renderer, head, args.recognizer, args.device, _say
+            args.emotion_predictor, renderer, head, args.recognizer, args.device, say
         )
     evaluation = evaluate_model(
         model,
@@ -158,7 +129,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         predictor=predictor,
         fid_network=args.fid_network,
         fid_size=args.fid_size,
-        progress=_progress(),
+        progress=stage_progress(),
         expression_input=expression_input,
         batch_size=args.batch_size,
         multiview_groups=args.multiview_groups,
@@ -171,6 +142,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     path = write_report(
         evaluation, args.out, title=title, subtitle=f"model {args.model}, data {args.data}"
     )
+    _print_summary(evaluation)
+    synthetic = " (SYNTHETIC data)" if evaluation.synthetic else ""
+    print(f"report{synthetic} -> {path} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _load_model(args: argparse.Namespace, data):
+    """The diffusion model (checked to work at ``data``'s size), the renderer of ``data``'s head
+    and the model's expression input (None unless it is a DiffusionRig-EMO model)."""
+    from emorig.diffusion.loading import load_rig
+    from emorig.render.face import FaceRenderer
+
+    model = load_rig(args.model, device=args.device)
+    if model.config.image_size != data.size:
+        raise EmorigError(
+            f"the model works at {model.config.image_size} px; --data is {data.size} px "
+            f"(prepare it with --size {model.config.image_size})"
+        )
+    head = load_head(data.manifest.settings.head, args.assets)
+    renderer = FaceRenderer(head).to(args.device)
+    expression_input = None
+    if model.config.expression_dim:
+        from emorig.edit.emotion import expression_input_for
+
+        expression_input = expression_input_for(model, args.recognizer, args.device)
+    return model, renderer, expression_input
+
+
+def _print_summary(evaluation) -> None:
+    """One line per headline number of ``evaluation``."""
     for row in evaluation.errors:
         if row.primary is not None:
             print(f"{row.name:>6}: {row.primary} {row.primary_value:.4g}")
@@ -184,9 +185,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     if evaluation.fid is not None:
         print(f"FID {evaluation.fid:.4g}")
-    synthetic = " (SYNTHETIC data)" if evaluation.synthetic else ""
-    print(f"report{synthetic} -> {path} in {time.perf_counter() - started:.1f} s")
-    return 0
 
 
 def _landmarks(path: str, flag: str):
@@ -248,9 +246,8 @@ def cmd_now(args: argparse.Namespace) -> int:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``evaluate`` (and ``evaluate now``) to an ``add_subparsers()`` object."""
     p = subparsers.add_parser(
-        "evaluate",
-        help="evaluate edits (code errors, identity, emotion, multi-view, FID) into a report; "
-        "'evaluate now': NoW-style scan-to-mesh error",
+        NAME,
+        help=HELP,
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -268,11 +265,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="all|happy,sad,...",
         help="emotion accuracy for these requested emotions (intensity 1); default: skipped",
     )
-    p.add_argument(
-        "--emotion-predictor",
-        default="auto",
-        choices=("auto", "codes", "rendered"),
-        help="finds and classifies expressions: codes (an EmoDECA MLP trained on built-in "
+    options.add_emotion_predictor(
+        p,
+        "finds and classifies expressions: codes (an EmoDECA MLP trained on built-in "
         "head codes, seconds), rendered (--recognizer on renders); auto: codes on the "
         "built-in head",
     )
@@ -293,21 +288,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--fid-network", metavar="FILE", help="feature network (.pt2 / TorchScript)")
     p.add_argument("--fid-size", type=int, help="resize to this side for the FID network")
-    p.add_argument("--steps", default="ddim20", help="DDIM respacing (ddim20)")
+    options.add_ddim_steps(p)
     p.add_argument("--invert", action="store_true", help="start from the sources' inversions")
-    p.add_argument("--seed", type=int, default=0, help="seed of pairs and noise (0)")
+    options.add_seed(p, "seed of pairs and noise")
     p.add_argument("--batch-size", type=int, default=8, help="faces edited at once (8)")
     p.add_argument(
         "--recognizer", help="emotion recogniser (EMO models reading features; --emotion-"
         "predictor rendered)"
     )  # fmt: skip
     p.add_argument("--title", help="report title")
-    p.add_argument("--assets", metavar="DIR", help="asset folder (default: $EMORIG_HOME)")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    options.add_assets(p)
+    options.add_device(p)
     p.set_defaults(func=cmd_evaluate)
 
-    sub = p.add_subparsers(dest="evaluate_command", metavar="{now}")
-    now = sub.add_parser(
+    add_now_parser(p.add_subparsers(dest="evaluate_command", metavar="{now}"))
+    return p
+
+
+def add_now_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``now`` to ``emorig evaluate``'s sub-commands; returns its parser."""
+    now = subparsers.add_parser(
         "now",
         help="NoW-style scan-to-mesh error of one reconstruction",
         description=NOW_DESCRIPTION,
@@ -320,7 +320,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     now.add_argument("--icp", type=int, default=0, help="rounds of ICP refinement (0)")
     now.add_argument("--json", metavar="FILE", help="also write the numbers here")
     now.set_defaults(func=cmd_now)
-    return p
+    return now
 
 
-__all__ = ["add_parser", "cmd_evaluate", "cmd_now", "load_reconstructor", "parse_emotions"]
+__all__ = [
+    "add_now_parser",
+    "add_parser",
+    "cmd_evaluate",
+    "cmd_now",
+    "load_reconstructor",
+    "parse_emotions",
+]

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from emorig.cli import options
+from emorig.cli.output import progress, say_building_head
 from emorig.errors import EmorigError
+
+#: The command's name and its line in ``emorig --help``.
+NAME = "synth"
+HELP = (
+    "render a SYNTHETIC dataset (built-in head, not real people) with ground-truth "
+    "codes and emotion labels"
+)
+
 
 DEFAULT_COUNTS = {"random": 100, "album": 20}
 MULTIVIEW_GROUPS = 8
@@ -31,18 +41,17 @@ nothing about real faces."""
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``synth`` sub-command to an ``add_subparsers()`` object; returns its parser."""
+    from emorig.synth.datasets import MODES
+
     p = subparsers.add_parser(
-        "synth",
-        help="render a SYNTHETIC dataset (built-in head, not real people) with ground-truth "
-        "codes and emotion labels",
+        NAME,
+        help=HELP,
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument(
-        "--mode", default="random", choices=("random", "album", "multiview"), help="(random)"
-    )
+    p.add_argument("--mode", default=MODES[0], choices=MODES, help=f"({MODES[0]})")
     p.add_argument(
         "--count",
         type=int,
@@ -51,7 +60,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="images in total (default: random 100, album 20, multiview 8 groups x --views)",
     )
     p.add_argument("--size", type=int, default=256, help="image size in pixels (256)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    options.add_seed(p)
     p.add_argument("--views", type=int, default=5, metavar="K", help="multiview: views (5)")
     p.add_argument(
         "--max-yaw", type=float, default=30.0, metavar="DEG", help="multiview: yaw span (30)"
@@ -77,45 +86,39 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "ready for 'emorig train diffusion --data OUT/prepared' (no reconstruction needed)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="images rendered at once (16)")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    options.add_device(p)
     p.set_defaults(func=cmd_synth)
     return p
 
 
 def config_from_args(args: argparse.Namespace):
-    """The :class:`~emorig.synth.SynthDatasetConfig` the flags describe."""
+    """The :class:`~emorig.synth.datasets.SynthDatasetConfig` the flags describe."""
     from emorig.synth.datasets import SynthDatasetConfig
 
     count = args.count
     if count is None:
         count = DEFAULT_COUNTS.get(args.mode, MULTIVIEW_GROUPS * max(args.views, 1))
-    return SynthDatasetConfig(
-        mode=args.mode,
+    return options.config_from_args(
+        SynthDatasetConfig,
+        args,
         count=count,
-        size=args.size,
-        seed=args.seed,
-        views=args.views,
-        max_yaw=args.max_yaw,
-        album_size=args.album_size,
         emotion_fraction=1.0 if args.emotions else 0.5,
-        supersample=args.supersample,
     ).validate()
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from emorig.cli.main import _progress, _say
     from emorig.synth.datasets import write_dataset
 
     config = config_from_args(args)
     if args.batch_size < 1:
         raise EmorigError(f"--batch-size {args.batch_size}: must be at least 1")
-    _say("building the built-in synthetic head (procedural, about 5 s)...")
+    say_building_head()
     result = write_dataset(
         config,
         args.out,
         batch_size=args.batch_size,
         device=args.device,
-        progress=_progress("synthesising"),
+        progress=progress("synthesising"),
     )
     n = config.n_groups
     groups = "" if config.mode == "random" else f" in {n} group{'s' if n != 1 else ''}"

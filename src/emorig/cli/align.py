@@ -1,0 +1,103 @@
+"""``emorig align``: detect faces, find 68 landmarks and write FFHQ- or DECA-aligned crops.
+Thin: flags -> :class:`~emorig.faces.pipeline.FaceAligner` ->
+:func:`~emorig.faces.pipeline.align_files`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from emorig.cli import options
+from emorig.cli.output import progress
+from emorig.errors import EmorigError
+
+#: The command's name and its line in ``emorig --help``.
+NAME = "align"
+HELP = "detect faces, find 68 landmarks and write FFHQ- or DECA-aligned crops"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``align`` command to ``emorig``'s sub-commands; returns its parser."""
+    from emorig.faces.pipeline import MODES
+
+    p = subparsers.add_parser(
+        NAME,
+        help=HELP,
+        description="Align every face photo in IN (a file, or a folder searched recursively) "
+        "into OUT: one PNG per face, a JSON beside it (landmarks in the aligned and the "
+        "original image, the 3x3 transform back to the original, detector box and score) and, "
+        "with --preview, the photo with landmarks and crop drawn. Faces are found offline with "
+        "dlib (HOG detector, iBUG 68-point predictor from the face-recognition-models package).",
+        epilog="Exit status: 0 when every file gave a face, 1 when some had no face or could "
+        "not be read (each is listed with its reason), 2 on a usage error.",
+    )
+    p.add_argument("input", metavar="IN", help="a photo or a folder of photos")
+    p.add_argument("output", metavar="OUT", help="output folder (mirrors IN's sub-folders)")
+    p.add_argument("--size", type=int, default=256, help="aligned image size (256)")
+    p.add_argument(
+        "--mode",
+        default="ffhq",
+        choices=MODES,
+        help="ffhq: DiffusionRig's oriented crop (default); deca: DECA's landmark-box crop",
+    )
+    options.add_all_faces(p)
+    p.add_argument("--preview", action="store_true", help="also write NAME.preview.png")
+    p.add_argument("--backend", default="dlib", help="face backend (dlib)")
+    p.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        help="dlib detector score a face needs (default 0.3; portraits score 0.5 to 2, "
+        "clutter below 0.2)",
+    )
+    p.add_argument(
+        "--dense",
+        default=None,
+        choices=("mediapipe",),
+        help="also store MediaPipe's 478 dense landmarks (pip install 'emorig[mediapipe]')",
+    )
+    options.add_device(p)
+    p.set_defaults(func=cmd_align)
+    return p
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from emorig.faces.backends import load_backend
+    from emorig.faces.pipeline import (
+        DONE,
+        SEVERAL,
+        FaceAligner,
+        align_files,
+        image_files,
+        summarise,
+    )
+
+    src, out = Path(args.input), Path(args.output)
+    if src.is_file() and out.suffix:
+        raise EmorigError(f"{out}: OUT is a folder (aligned images are written inside it)")
+    backend_options = {} if args.min_score is None else {"min_score": args.min_score}
+    aligner = FaceAligner(
+        backend=load_backend(args.backend, **backend_options),
+        size=args.size,
+        mode=args.mode,
+        all_faces=args.all_faces,
+        dense=args.dense,
+        device=args.device,
+    )
+    files = image_files(src, exclude=out)
+    if not files:
+        raise EmorigError(f"{src}: no files to align")
+    results = align_files(
+        files, src, out, aligner, preview=args.preview, progress=progress("aligning")
+    )
+    for r in results:
+        if r.status != DONE:
+            level = "note" if r.status == SEVERAL else r.status
+            print(f"{level}: {r.path}: {r.reason}", file=sys.stderr)
+    print(summarise(results) + f" -> {out}")
+    failed = [r for r in results if r.status not in (DONE, SEVERAL)]
+    return 1 if failed else 0
+
+
+__all__ = ["add_parser", "cmd_align"]

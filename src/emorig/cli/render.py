@@ -1,0 +1,92 @@
+"""``emorig render``: a head in several expressions and poses -> PNG buffers and a contact
+sheet. Thin: flags -> :func:`~emorig.render.showcase.render_showcase`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from emorig.cli import options
+from emorig.cli.shared import load_head
+from emorig.errors import EmorigError
+
+#: The command's name and its line in ``emorig --help``.
+NAME = "render"
+HELP = "render a head in several expressions and poses to PNG buffers and a contact sheet"
+
+
+EPILOG = (
+    "Face specs join terms with '+': an expression component by name (built-in head: "
+    "{components}) or expN, shapeN, albedoN with an optional =VALUE, and "
+    "jaw/yaw/pitch/roll/eyes=DEGREES. Example: --face smile=0.8+jaw=10 --face 'sad+yaw=-20'"
+)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``render`` command to ``emorig``'s sub-commands; returns its parser."""
+    from emorig.flame.builtin import EXPRESSION_COMPONENTS
+    from emorig.flame.heads import ALBEDO_CHOICES
+    from emorig.render.showcase import BUFFERS, DEFAULT_BUFFERS
+
+    p = subparsers.add_parser(
+        NAME,
+        help=HELP,
+        description="Render DiffusionRig's condition buffers (Lambertian render, normals, "
+        "albedo), DECA's grey shape image and the 68 landmarks for a set of faces.",
+        epilog=EPILOG.format(components=", ".join(name for name, _ in EXPRESSION_COMPONENTS)),
+    )
+    options.add_head(p)
+    options.add_assets(p)
+    p.add_argument(
+        "--albedo",
+        default="auto",
+        choices=ALBEDO_CHOICES,
+        help="albedo space for FLAME heads (auto: FLAME_texture.npz, else the BFM one, else "
+        "constant grey)",
+    )
+    p.add_argument(
+        "--face",
+        action="append",
+        metavar="SPEC",
+        help="a face to render (repeatable); default: a showcase of expressions and poses",
+    )
+    p.add_argument("--size", type=int, default=256, help="image size in pixels (256)")
+    p.add_argument(
+        "--buffers",
+        default=",".join(DEFAULT_BUFFERS),
+        help=f"comma list from {', '.join(BUFFERS)}",
+    )
+    p.add_argument(
+        "--camera",
+        default="7,0,0.005",
+        help="DECA orthographic camera s,tx,ty (default 7,0,0.005 frames the whole head)",
+    )
+    options.add_device(p)
+    p.add_argument("--out", default="emorig-out/render", help="output folder")
+    p.set_defaults(func=cmd_render)
+    return p
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from emorig.render.showcase import BUILTIN_SHOWCASE, FLAME_SHOWCASE, render_showcase
+
+    t = time.perf_counter()
+    head = load_head(args.head, args.assets, albedo=args.albedo)
+    faces = args.face or list(BUILTIN_SHOWCASE if head.synthetic else FLAME_SHOWCASE)
+    buffers = [b.strip() for b in args.buffers.split(",") if b.strip()]
+    camera = [float(c) for c in args.camera.split(",")]
+    if len(camera) != 3:
+        raise EmorigError(f"--camera '{args.camera}': give three numbers s,tx,ty")
+    result = render_showcase(
+        head, faces, args.out, size=args.size, buffers=buffers, camera=camera, device=args.device
+    )
+    print(
+        f"rendered {len(faces)} faces of {head.flame.name} x {len(buffers)} buffers "
+        f"at {args.size}px in {time.perf_counter() - t:.1f} s"
+    )
+    print(f"contact sheet: {result.sheet}")
+    print(f"{len(result.files)} PNGs and the parameters ({result.parameters.name}) in {args.out}")
+    return 0
+
+
+__all__ = ["add_parser", "cmd_render"]
