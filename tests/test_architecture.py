@@ -100,7 +100,6 @@ def strongly_connected(edges: dict[str, set[str]]) -> list[list[str]]:
     return cycles
 
 
-@pytest.mark.xfail(strict=True, reason="cycles being removed (issue 13)")
 def test_no_import_cycles():
     # a package's __init__ re-exporting its modules is not a cycle with them
     edges = {
@@ -117,7 +116,6 @@ def test_the_checks_see_a_cycle_and_a_training_import():
     assert "emorig.train.diffusion" in names["emorig.cli.diffusion"]
 
 
-@pytest.mark.xfail(strict=True, reason="long functions being split (issue 13)")
 @pytest.mark.parametrize("limit", [100])
 def test_no_function_over_the_limit(limit):
     long = []
