@@ -293,14 +293,13 @@ def _emotion_edit(editor, predictor, source, emotion, args, out: Path) -> list[P
     NAME_EMOTION.png, NAME_EMOTION_grid.png and NAME_EMOTION_sweep.png."""
     import dataclasses
 
-    from emorig.edit.emotion import find_expression, preset_start
+    from emorig.edit.emotion import find_expression
     from emorig.io.images import contact_sheet, save_png, to_uint8
 
     code = editor.source_code(source)
-    builtin = predictor.__class__.__name__ == "CodeSpacePredictor"
 
     def search(target):
-        start = preset_start(code, target) if builtin else None
+        start = predictor.search_start(code, target)
         return find_expression(code, predictor, target, start=start)
 
     levels = [emotion]

@@ -70,14 +70,11 @@ def load_reconstructor(weights: str | None, head: str, assets: str | None, devic
     from emorig.evaluate.protocol import encoder_reconstructor
     from emorig.reconstruct.pipeline import load_model
 
-    if weights is None and head == "builtin":
-        # The encoder this project trained on 64 px synthetic faces (emorig/weights/demo).
-        from emorig.weights import ENCODER_NAME, packaged_weights
-
-        weights = str(packaged_weights(ENCODER_NAME))
     if weights is not None and not Path(weights).exists():
         raise EmorigError(f"--reconstructor-weights {weights}: not found")
-    model, trained_for = load_model("deca", weights, assets)
+    # on the built-in head, by default the encoder shipped for it (64 px synthetic faces)
+    method = "builtin" if weights is None and head == "builtin" else "deca"
+    model, trained_for = load_model(method, weights, assets)
     resolve_head(head, trained_for)  # refuses weights trained for another head
     return encoder_reconstructor(model.to(device))
 

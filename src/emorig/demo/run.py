@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from emorig.edit.modes import scored_mode_names
-from emorig.weights import ENCODER_NAME, STAGE1_NAME, packaged_weights
+from emorig.weights import STAGE1_NAME, packaged_weights
 
 __all__ = ["DEMO_SIZE", "DemoConfig", "DemoResult", "encoder_reconstruct", "run_demo"]
 
@@ -211,9 +211,10 @@ def _personalise(cfg: DemoConfig, out: Path, stage1: Path, album: Path, say: Say
 def encoder_reconstruct(device):
     """Re-reconstruction of aligned 64 px images with the shipped built-in-head encoder."""
     from emorig.evaluate.protocol import encoder_reconstructor
-    from emorig.reconstruct.checkpoints import from_pretrained
+    from emorig.reconstruct.encoders import encoder_spec
 
-    return encoder_reconstructor(from_pretrained(packaged_weights(ENCODER_NAME), device=device))
+    network, _ = encoder_spec("builtin").load(None, None)
+    return encoder_reconstructor(network.to(device))
 
 
 def run_demo(cfg: DemoConfig, say: Say = print) -> DemoResult:
@@ -223,7 +224,6 @@ def run_demo(cfg: DemoConfig, say: Say = print) -> DemoResult:
     from emorig.edit.emotion import (
         EmotionTarget,
         find_expression,
-        preset_start,
         train_code_predictor,
     )
     from emorig.edit.pipeline import Editor, items_from_dataset, write_edits
@@ -269,7 +269,7 @@ def run_demo(cfg: DemoConfig, say: Say = print) -> DemoResult:
         codes = []
         for emotion in cfg.emotions:
             target = EmotionTarget(emotion, 1.0)
-            start = preset_start(base, target)
+            start = predictor.search_start(base, target)
             found = find_expression(base, predictor, target, start=start, steps=cfg.emotion_steps)
             codes.append(found.code)
         emotion_images = editor.sample_codes(source, codes)
@@ -277,7 +277,7 @@ def run_demo(cfg: DemoConfig, say: Say = print) -> DemoResult:
         sweep_codes = []
         for s in levels:
             target = EmotionTarget("happy", s)
-            start = preset_start(base, target)
+            start = predictor.search_start(base, target)
             found = find_expression(base, predictor, target, start=start, steps=cfg.emotion_steps)
             sweep_codes.append(found.code)
         sweep_images = editor.sample_codes(source, sweep_codes)

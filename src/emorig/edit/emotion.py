@@ -87,6 +87,10 @@ class CodePredictor(nn.Module):
     def forward(self, code: FaceCode) -> EmotionOutput:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def search_start(self, code: FaceCode, target: EmotionTarget) -> FaceCode | None:
+        """Where an expression search for ``target`` starts (None: from ``code`` itself)."""
+        return None
+
 
 class RenderedPredictor(CodePredictor):
     """Render the code's Lambertian image at the DECA crop and classify it.
@@ -124,6 +128,10 @@ class CodeSpacePredictor(CodePredictor):
 
     def forward(self, code: FaceCode) -> EmotionOutput:
         return self.mlp(code)
+
+    def search_start(self, code: FaceCode, target: EmotionTarget) -> FaceCode | None:
+        """Trained on the built-in head's emotion presets: start from the preset."""
+        return preset_start(code, target)
 
 
 def train_code_predictor(

@@ -503,10 +503,9 @@ def _emotion_part(
     editor, ds, sources, targets, predictor, reconstruct, batch_size, steps, n_examples,
     progress,
 ):  # fmt: skip
-    from emorig.edit.emotion import CodeSpacePredictor, find_expression, preset_start
+    from emorig.edit.emotion import find_expression
 
     dev = editor.device
-    presets = isinstance(predictor, CodeSpacePredictor)
     requested_cls, from_edit, from_request = [], [], []
     examples = []
     done, total = 0, len(sources) * len(targets)
@@ -515,7 +514,7 @@ def _emotion_part(
         code = editor.source_code(source)
         found = []
         for t in targets:
-            start = preset_start(code, t) if presets else None
+            start = predictor.search_start(code, t)
             found.append(find_expression(code, predictor, t, steps=steps, start=start).code)
         images = editor.sample_codes(source, found)
         for t, c, im in zip(targets, found, images, strict=True):
