@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from emorig.assets import find_asset
+from emorig.assets.catalogue import find_asset
 from emorig.diffusion.config import (
     DEFAULT_CONDITION_NAMES,
     IMAGE_CHANNELS,

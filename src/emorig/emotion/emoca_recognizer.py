@@ -10,10 +10,10 @@ from typing import Any
 
 from torch import Tensor
 
-from emorig.assets import asset_spec
+from emorig.assets.catalogue import asset_spec
 from emorig.emotion.networks import ResNetEmotionConfig, ResNetEmotionRecognizer
 from emorig.errors import AssetError, reading, short_reason
-from emorig.reconstruct.official_checkpoints import _KeyMap, _load_strict, _loss_in_name
+from emorig.reconstruct.official_checkpoints import _KeyMap, _load_strict, best_checkpoint
 from emorig.reconstruct.torch_files import load_torch_file
 from emorig.types import EMOTION_CLASSES
 
@@ -48,27 +48,7 @@ def find_emoca_recognizer_checkpoint(folder: str | os.PathLike[str]) -> Path:
         AssetError: no checkpoint, or several and none with a value in its name.
     """
     folder = Path(folder)
-    ckpt_dir = folder / "checkpoints"
-    checkpoints = sorted(ckpt_dir.rglob("*.ckpt")) if ckpt_dir.is_dir() else []
-    if not checkpoints:
-        raise AssetError(
-            str(folder), "has no checkpoint (expected checkpoints/*.ckpt)", _emoca_obtain()
-        )
-    if len(checkpoints) == 1:
-        return checkpoints[0]
-    best, best_value = None, float("inf")
-    for ckpt in checkpoints:
-        value = None if ckpt.stem == "last" else _loss_in_name(ckpt)
-        if value is not None and value <= best_value:
-            best, best_value = ckpt, value
-    if best is None:
-        raise AssetError(
-            str(ckpt_dir),
-            f"holds {len(checkpoints)} checkpoints and none is named '...=<loss>.ckpt'; "
-            "keep only the one to use",
-            _emoca_obtain(),
-        )
-    return best
+    return best_checkpoint(folder, folder / "checkpoints", _emoca_obtain())
 
 
 def _read_emoca_cfg(path: Path) -> Mapping[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from emorig.assets import asset_home, find_asset
+from emorig.assets.catalogue import asset_home, find_asset
 from emorig.errors import AssetError
 from emorig.flame.data import HeadAssets
 

@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from emorig.assets import obtain_text
+from emorig.assets.catalogue import obtain_text
 from emorig.errors import AssetError, reading
 from emorig.flame.data import AlbedoSpaceData
 from emorig.io.atomic import save_npz_atomic

@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from emorig.assets import obtain_text
+from emorig.assets.catalogue import obtain_text
 from emorig.errors import AssetError, reading, short_reason
 from emorig.io.model_folder import LIST_LIMIT, load_state_strict, summarise_keys
 from emorig.reconstruct.deca import DecaConfig, DecaModel
@@ -324,32 +324,27 @@ def _loss_in_name(path: Path) -> float | None:
     return None if math.isnan(value) else value
 
 
-def find_emoca_checkpoint(folder: str | os.PathLike[str]) -> Path:
-    """Pick the checkpoint of an EMOCA model folder the way EMOCA's loader does ("best").
+def best_checkpoint(folder: Path, ckpt_dir: Path, obtain: str | None) -> Path:
+    """Pick a checkpoint under ``ckpt_dir`` the way EMOCA's loaders do ("best").
 
-    All ``detail/checkpoints/**/*.ckpt`` are sorted; ``last.ckpt`` is skipped; the value after
-    the last ``=`` of each file name (e.g. ``deca-epoch=03-val_loss/dataloader_idx_0=3.27.ckpt``
-    gives 3.27) is read and the lowest wins (the later one on ties, as in EMOCA's
-    ``locate_checkpoint``). A folder with a single checkpoint uses it whatever its name.
+    All ``**/*.ckpt`` are sorted; ``last.ckpt`` is skipped; the value after the last ``=`` of
+    each file name (e.g. ``deca-epoch=03-val_loss/dataloader_idx_0=3.27.ckpt`` gives 3.27) is
+    read and the lowest wins (the later one on ties, as in EMOCA's ``locate_checkpoint``). A
+    single checkpoint is used whatever its name.
 
     Raises:
         AssetError: no checkpoint, or several and none with a value in its name.
     """
-    folder = Path(folder)
-    ckpt_dir = folder / "detail" / "checkpoints"
     checkpoints = sorted(ckpt_dir.rglob("*.ckpt")) if ckpt_dir.is_dir() else []
     if not checkpoints:
-        raise AssetError(
-            str(folder), "has no checkpoint (expected detail/checkpoints/*.ckpt)", _emoca_obtain()
-        )
+        where = ckpt_dir.relative_to(folder).as_posix()
+        raise AssetError(str(folder), f"has no checkpoint (expected {where}/*.ckpt)", obtain)
     if len(checkpoints) == 1:
         return checkpoints[0]
     best: Path | None = None
     best_value = math.inf
     for ckpt in checkpoints:
-        if ckpt.stem == "last":
-            continue
-        value = _loss_in_name(ckpt)
+        value = None if ckpt.stem == "last" else _loss_in_name(ckpt)
         if value is not None and value <= best_value:
             best, best_value = ckpt, value
     if best is None:
@@ -357,9 +352,16 @@ def find_emoca_checkpoint(folder: str | os.PathLike[str]) -> Path:
             str(ckpt_dir),
             f"holds {len(checkpoints)} checkpoints and none is named '...=<loss>.ckpt'; "
             "keep only the one to use",
-            _emoca_obtain(),
+            obtain,
         )
     return best
+
+
+def find_emoca_checkpoint(folder: str | os.PathLike[str]) -> Path:
+    """The checkpoint of an EMOCA model folder (``detail/checkpoints``), picked by
+    :func:`best_checkpoint`."""
+    folder = Path(folder)
+    return best_checkpoint(folder, folder / "detail" / "checkpoints", _emoca_obtain())
 
 
 def _emoca_filter(key: str) -> bool:

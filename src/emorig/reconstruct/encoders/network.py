@@ -41,7 +41,7 @@ def load_network(
     head), DECA's ``deca_model.tar`` or an EMOCA model folder; without it the ``official``
     asset (``deca_model`` or ``emoca_model``) is looked up in the asset folder.
     """
-    from emorig.assets import asset_home, find_asset
+    from emorig.assets.catalogue import asset_home, find_asset
     from emorig.reconstruct import checkpoints as ckpt
 
     if weights is None:
