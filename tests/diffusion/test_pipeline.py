@@ -98,3 +98,15 @@ def test_training_inputs_and_predicted_images(pipe):
     signal = pipe.signal_fraction(t, x0)
     assert signal.shape == (3,)
     assert bool(((signal > 0) & (signal < 1)).all())
+
+
+@torch.no_grad()
+def test_edit_start_is_fixed_noise_or_the_inversion(pipe):
+    images, condition = _inputs(pipe)
+    latent = pipe.encode_latent(images)
+    fixed = pipe.edit_start(images, condition, latent, seed=3)
+    assert torch.equal(fixed, pipe.fixed_noise(2, seed=3))
+    inverted = pipe.edit_start(images, condition, latent, invert=True, timesteps="ddim4")
+    expected = pipe.invert(images, condition, latent, timesteps="ddim4")
+    torch.testing.assert_close(inverted, expected)
+    assert not torch.equal(inverted[0], inverted[1])  # each image has its own noise

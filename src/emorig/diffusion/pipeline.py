@@ -5,8 +5,8 @@ in *model space*: today DiffusionRig's pixels scaled to [-1, 1] (``x = 2 image -
 latent model will swap these few methods for an autoencoder's encode/decode, and nothing that
 edits, evaluates or trains has to change. :class:`RigPipeline` owns that conversion, the shape
 of the noise, sampling (DDIM from noise to images), inversion (DDIM from images to noise), the
-global latent of an image, the clean image predicted at a training step, and the noise of a
-training step.
+global latent of an image, where edits start (:meth:`RigPipeline.edit_start`), the clean
+image predicted at a training step, and the noise of a training step.
 
 Sampling follows DiffusionRig: the linear 1000-step schedule, DDIM respaced (``"ddim20"``),
 eta 0, clipping the predicted clean image except when starting from an inversion (then the
@@ -148,6 +148,34 @@ class RigPipeline:
             fixed_point_iterations=iterations,
             progress=progress,
         )
+
+    def edit_start(
+        self,
+        images: Tensor,
+        condition: Tensor,
+        latent: Tensor,
+        expression: Tensor | None = None,
+        *,
+        invert: bool = False,
+        seed: int = 0,
+        timesteps: str = "ddim20",
+        iterations: int = 2,
+        progress: bool = False,
+    ) -> Tensor:
+        """Where edits of ``images`` start: their DDIM inversion under their own condition
+        (``invert``; then sample with ``clip=False``), or DiffusionRig's one fixed noise from
+        ``seed``. An edit is then :meth:`sample` from this noise under the edited condition."""
+        if invert:
+            return self.invert(
+                images,
+                condition,
+                latent,
+                expression,
+                timesteps=timesteps,
+                iterations=iterations,
+                progress=progress,
+            )
+        return self.fixed_noise(images.shape[0], seed)
 
     # -- training --------------------------------------------------------------------------------
 

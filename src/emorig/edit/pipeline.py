@@ -174,18 +174,17 @@ class Editor:
         base = self.source_code(source)
         cond = self.buffers(base, source.crop_transform)
         expression = self._expression(base, image, source.crop_transform)
-        if self.invert:
-            noise = self.pipeline.invert(
-                image,
-                cond,
-                latent,
-                expression,
-                timesteps=self.timesteps,
-                iterations=self.invert_iterations,
-                progress=self.progress,
-            )
-        else:
-            noise = self.pipeline.fixed_noise(image.shape[0], self.seed)
+        noise = self.pipeline.edit_start(
+            image,
+            cond,
+            latent,
+            expression,
+            invert=self.invert,
+            seed=self.seed,
+            timesteps=self.timesteps,
+            iterations=self.invert_iterations,
+            progress=self.progress,
+        )
         return _Start(image, latent, base, cond, expression, noise)
 
     def _sample(self, start: _Start, condition: Tensor, latent: Tensor, expression) -> Tensor:
