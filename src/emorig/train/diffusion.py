@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -83,7 +83,13 @@ class RigTrainConfig:
             (:func:`emorig.emotion.recognizers.load_recognizer` spec).
         sample_every, sample_steps: sample grid period and its DDIM respacing.
         mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (Accelerate).
+
+    A checkpoint resumes when its settings equal these by value except ``out`` and
+    ``steps``, the ``PATHS`` compared as content (``train.checkpoint.run_identity``).
     """
+
+    #: Path-valued settings, compared resolved (``data``: by its manifest's fingerprint).
+    PATHS: ClassVar[tuple[str, ...]] = ("data", "init", "recognizer")
 
     stage: str
     data: str
@@ -334,7 +340,9 @@ def _start_run(cfg: RigTrainConfig) -> _Run:
     optimizer = torch.optim.Adam(trainable, lr=lr)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.ema > 0 else None
     start = 0
-    state = resume_run(cfg.out, cfg, model, optimizer)
+    state = resume_run(
+        cfg.out, cfg, model, optimizer, rank=accelerator.process_index, scaler=accelerator.scaler
+    )
     if state is not None:
         if ema is not None:
             ema = state["ema"]
@@ -399,8 +407,10 @@ def _after_step(run: _Run, done: int, end: int, last: dict[str, float], progress
         train_mode(run.raw)
     if done % cfg.save_every == 0 or done == end:
         extra = {} if run.ema is None else {"ema": run.ema}
+        if run.accelerator.scaler is not None:  # fp16's loss scale, for an exact resume
+            extra["scaler"] = run.accelerator.scaler.state_dict()
         payload = {"model": run.raw.state_dict(), "optimizer": run.optimizer.state_dict()}
-        return save_checkpoint(out, done, {**payload, **extra}, cfg.to_dict(), keep=cfg.keep)
+        return save_checkpoint(out, done, {**payload, **extra}, cfg, keep=cfg.keep)
     return None
 
 
@@ -427,8 +437,9 @@ def train_rig(
 ) -> RigTrainResult:
     """Run (or resume) a diffusion training stage.
 
-    Resumes from the newest checkpoint in ``cfg.out`` (its config must match except
-    ``steps``). ``stop_after`` ends this call after that many steps (tests use it to simulate
+    Resumes from the newest intact checkpoint in ``cfg.out`` (of the same run: settings equal
+    except ``steps``, see :class:`RigTrainConfig`), RNG states included.
+    ``stop_after`` ends this call after that many steps (tests use it to simulate
     a kill). The final model is written with ``save_pretrained`` to ``cfg.out/model``.
     """
     t0 = time.perf_counter()

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -77,7 +77,13 @@ class EmotionTrainConfig:
         va_scheme: V/A loss weights, ``"shake"`` (EMOCA), ``"norm"`` or ``"none"``.
         synthetic_count, synthetic_val: sizes of the synthetic train and validation pools.
         mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (Accelerate).
+
+    A checkpoint resumes when its settings equal these by value except ``out`` and
+    ``steps``, the ``PATHS`` compared as content (``train.checkpoint.run_identity``).
     """
+
+    #: Path-valued settings, compared resolved.
+    PATHS: ClassVar[tuple[str, ...]] = ("data", "images_root", "init")
 
     out: str
     data: str | None = None
@@ -460,7 +466,8 @@ def _start_run(cfg: EmotionTrainConfig, accelerator: Any) -> _EmotionRun:
         model = _build_model(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     resumed: dict[str, Any] = {}
-    state = resume_run(Path(cfg.out), cfg, model, optimizer)
+    rank, scaler = accelerator.process_index, accelerator.scaler
+    state = resume_run(Path(cfg.out), cfg, model, optimizer, rank=rank, scaler=scaler)
     if state is not None:
         resumed = {
             "step": int(state["step"]),
@@ -533,6 +540,8 @@ def _log_and_save(
         progress(step, cfg.steps, record)
     if step % cfg.save_every == 0 or step == end or run.stopped:
         extra = {} if run.best_state is None else {"best_model": run.best_state}
+        if run.accelerator.scaler is not None:  # fp16's loss scale, for an exact resume
+            extra["scaler"] = run.accelerator.scaler.state_dict()
         save_checkpoint(
             out,
             step,
@@ -545,7 +554,7 @@ def _log_and_save(
                 "best_metrics": json.dumps(run.best_metrics),
                 **extra,
             },
-            cfg.to_dict(),
+            cfg,
             keep=cfg.keep,
         )
 
@@ -578,8 +587,9 @@ def train_emotion(
     """Run (or resume) a recogniser training; the best model (by validation loss) is saved
     with :func:`save_recognizer` in ``cfg.out/model``.
 
-    Resumes from the newest checkpoint in ``cfg.out`` whose config matches (except
-    ``steps``). ``stop_after`` ends this call after that many steps (simulates a kill).
+    Resumes from the newest intact checkpoint in ``cfg.out`` of the same run (settings equal
+    except ``steps``, see :class:`EmotionTrainConfig`), RNG states included.
+    ``stop_after`` ends this call after that many steps (simulates a kill).
     """
     from accelerate import Accelerator
 

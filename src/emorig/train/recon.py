@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -84,7 +84,15 @@ class ReconTrainConfig:
             network are off and a non-zero weight without one is an error.
         vgg19: a torchvision ``vgg19`` state dict for ID-MRF (detail stage).
         mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (Accelerate).
+
+    A checkpoint resumes when its settings equal these by value except ``out`` and
+    ``steps``, the ``PATHS`` compared as content (``train.checkpoint.run_identity``).
     """
+
+    #: Path-valued settings, compared resolved (a prepared ``data``: by its manifest).
+    PATHS: ClassVar[tuple[str, ...]] = (
+        "assets", "init", "data", "identity_net", "emotion_net", "vgg19",
+    )  # fmt: skip
 
     stage: str
     out: str
@@ -580,10 +588,10 @@ class _ReconRun:
 
 
 def _trainable_model(
-    cfg: ReconTrainConfig,
+    cfg: ReconTrainConfig, accelerator: Any
 ) -> tuple[DecaModel, list[nn.Parameter], torch.optim.Optimizer, int]:
     """The model with only the stage's parts trainable, their optimiser and the step to start
-    from (resumed from the newest matching checkpoint in ``cfg.out``)."""
+    from (resumed from the newest intact checkpoint of this run in ``cfg.out``)."""
     with torch.random.fork_rng(devices=[]):  # the run's seed, not the process's RNG state
         torch.manual_seed(cfg.seed)
         model = build_model(cfg)
@@ -593,7 +601,8 @@ def _trainable_model(
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(trainable, lr=cfg.lr)
     start = 0
-    state = resume_run(Path(cfg.out), cfg, model, optimizer)
+    rank, scaler = accelerator.process_index, accelerator.scaler
+    state = resume_run(Path(cfg.out), cfg, model, optimizer, rank=rank, scaler=scaler)
     if state is not None:
         start = int(state["step"])
     model.train()
@@ -640,7 +649,7 @@ def _data_source(
 
 def _start_run(cfg: ReconTrainConfig, accelerator: Any, head: HeadAssets, nets: Networks):
     """Model, optimiser, renderers and data source of a run, on the accelerator's device."""
-    model, trainable, optimizer, start = _trainable_model(cfg)
+    model, trainable, optimizer, start = _trainable_model(cfg, accelerator)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
     device = accelerator.device
@@ -719,13 +728,10 @@ def _log_and_save(
     if done % cfg.sample_every == 0 or done == cfg.steps:
         write_samples(run.raw, run.renderer, batch, out / "samples" / f"step-{done:08d}.png")
     if done % cfg.save_every == 0 or done == end:
-        return save_checkpoint(
-            out,
-            done,
-            {"model": run.raw.state_dict(), "optimizer": run.optimizer.state_dict()},
-            cfg.to_dict(),
-            keep=cfg.keep,
-        )
+        state = {"model": run.raw.state_dict(), "optimizer": run.optimizer.state_dict()}
+        if run.accelerator.scaler is not None:  # fp16's loss scale, for an exact resume
+            state["scaler"] = run.accelerator.scaler.state_dict()
+        return save_checkpoint(out, done, state, cfg, keep=cfg.keep)
     return None
 
 
@@ -758,8 +764,9 @@ def train_reconstruction(
 ) -> TrainResult:
     """Run (or resume) a training stage; returns the last step's losses.
 
-    Resumes from the newest ``checkpoint-*.pt`` in ``cfg.out``, whose config must match
-    (except ``steps``). ``stop_after`` ends the process's work after that many steps (tests
+    Resumes from the newest intact ``checkpoint-*.pt`` in ``cfg.out`` of the same run
+    (settings equal except ``steps``, see :class:`ReconTrainConfig`), RNG states included.
+    ``stop_after`` ends the process's work after that many steps (tests
     use it to simulate an interruption). Saves the final model with ``save_pretrained``.
     """
     from accelerate import Accelerator
