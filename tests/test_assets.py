@@ -170,6 +170,12 @@ def test_folder_assets(tmp_path):
     _touch(recog / "checkpoints" / "deca-epoch=01.ckpt")
     assert find_asset("emotion_recognizer", tmp_path) == recog
     assert find_asset("emoca_model", tmp_path) == emoca
+    # EMOCA's own layout nests checkpoints one folder down (deca-epoch=.../...=loss.ckpt)
+    nested = tmp_path / "more" / "SWIN-B"
+    _touch(nested / "cfg.yaml")
+    _touch(nested / "checkpoints" / "deca-epoch=01-val_loss" / "dataloader_idx_0=1.2.ckpt")
+    (recog / "checkpoints" / "deca-epoch=01.ckpt").unlink()
+    assert find_asset("emotion_recognizer", tmp_path) == nested
 
 
 def test_diffusionrig_pattern(tmp_path):

@@ -199,7 +199,7 @@ ASSETS: tuple[AssetSpec, ...] = (
         terms="EMOCA licence, non-commercial",
         required_for=("reconstruct",),
         kind="folder",
-        requires=("detail/checkpoints/*.ckpt",),
+        requires=("detail/checkpoints/**/*.ckpt",),
         folder_names=("EMOCA_v2_lr_mse_20", "EMOCA_v2_lr_cos_1.5", "EMOCA_v2_mp", "EMOCA"),
     ),
     AssetSpec(
@@ -210,7 +210,7 @@ ASSETS: tuple[AssetSpec, ...] = (
         terms="EMOCA licence, non-commercial",
         required_for=("evaluate",),
         kind="folder",
-        requires=("checkpoints/*.ckpt",),
+        requires=("checkpoints/**/*.ckpt",),
         folder_names=("ResNet50", "SWIN-B", "EMOCA-emorec", "EMOCA_detail-emorec"),
     ),
     AssetSpec(

@@ -17,6 +17,23 @@ NAME = "assets"
 HELP = "find, check and convert licensed files"
 
 
+CHECK_DESCRIPTION = """\
+List the official files emorig can use, check the ones present, and say where to obtain
+the missing ones. Each file is checked with the reader the commands use, so a file a command
+would refuse is reported BROKEN with that reader's reason:
+
+  FLAME .pkl          scanned without unpickling: no code references, the model's keys
+  other DECA files    read with their readers (embeddings, template, UV masks, displacement)
+  texture, BFM albedo the npy headers inside the .npz (shapes; the arrays are not read)
+  deca_model.tar      loaded as reconstruct loads it: the safe unpickler (a pickle that
+                      references code is refused; nothing from it runs), every key and shape
+  EMOCA, recogniser   cfg.yaml settings, then the checkpoint as for deca_model.tar
+  DiffusionRig .pt    torch.load(weights_only=True), every key and shape
+
+Checkpoints are read once (about a second for DECA's 400 MB). Exit status: 0 when every
+file present is valid, 1 when one is broken, 2 when the asset folder does not exist."""
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``assets`` (``check``, ``convert-flame``) to ``emorig``'s sub-commands."""
     assets = subparsers.add_parser(NAME, help=HELP)
@@ -25,6 +42,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "check",
         help="list the official files emorig can use, which are present and valid, and where "
         "to obtain the missing ones",
+        description=CHECK_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     options.add_assets(check)
     check.set_defaults(func=cmd_check)
@@ -42,6 +61,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from emorig.assets import asset_home, asset_spec, check_assets
 
     home = asset_home(args.assets)
+    if home is not None and not home.is_dir():
+        given = "--assets" if args.assets else "EMORIG_HOME"
+        what = "is not a folder" if home.exists() else "does not exist"
+        raise EmorigError(f"{home}: the asset folder ({given}) {what}")
     if home is None:
         say(
             "no asset folder given (--assets DIR or EMORIG_HOME); listing what emorig can use. "

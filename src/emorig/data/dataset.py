@@ -38,7 +38,11 @@ Shard metadata (safetensors header, strings): ``format``, ``version``, ``setting
 ``source``), ``skipped`` (JSON list of ``{source, reason}``) and ``shape`` (``"own"`` or
 ``"mean:<hash>"``: which identity the buffers were rendered with). A shard on disk is always
 complete (written atomically), so the shards alone tell which inputs are done; the manifest is
-an index over them.
+an index over them. A shard damaged afterwards (truncated by a copy, a full disk elsewhere) is
+found cheaply by comparing its size with its header (:func:`shard_damage`): reading it raises
+one :class:`DamagedShardError` line, and ``emorig prepare`` removes it and redoes its inputs.
+Writes that run out of space raise :class:`~emorig.io.atomic.DiskFullError` and keep nothing
+partial.
 """
 
 from __future__ import annotations
@@ -58,8 +62,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from emorig.errors import EmorigError
-from emorig.io.atomic import atomic_write
+from emorig.errors import EmorigError, short_reason
+from emorig.io.atomic import atomic_write, is_disk_full
 from emorig.types import FaceCode, RenderBuffers
 
 FORMAT = "emorig-prepared"
@@ -174,19 +178,99 @@ def rank_prefix(rank: int) -> str:
     return f"shard-r{rank:03d}"
 
 
+class DamagedShardError(EmorigError):
+    """A shard on disk is not whole (truncated, overwritten, unreadable): one line naming the
+    file and how to re-make it.
+
+    Attributes:
+        path: the shard.
+        reason: what is wrong, e.g. ``"1200 bytes, its header describes 5000"``.
+    """
+
+    def __init__(self, path: Path, reason: str, synthetic: bool | None = None):
+        self.path, self.reason = Path(path), reason
+        if synthetic:
+            fix = "re-run emorig synth --prepared with the same settings and folder"
+        elif synthetic is None:
+            fix = (
+                "re-run emorig prepare on the same folder (emorig synth --prepared for "
+                "synthetic data)"
+            )
+        else:
+            fix = "re-run emorig prepare on the same folder"
+        super().__init__(
+            f"{self.path}: damaged shard ({reason}); {fix} to re-make it (its items are "
+            "prepared again, the rest is kept)"
+        )
+
+
+#: A safetensors header larger than this is not one we wrote (guards against garbage).
+_MAX_HEADER = 1 << 28
+
+
+def shard_damage(path: str | os.PathLike[str]) -> str | None:
+    """Why the safetensors file at ``path`` is not whole, or None when it is.
+
+    Cheap: reads the 8-byte length and the JSON header only, and compares the file size with
+    the end of the last tensor the header describes (a truncated or extended file differs).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{size} bytes, too short for a safetensors header"
+            n = int.from_bytes(head, "little")
+            if n > min(size - 8, _MAX_HEADER):
+                return f"{size} bytes, its header alone claims {n}"
+            header = json.loads(f.read(n).decode("utf-8"))
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return f"cannot be read: {short_reason(err)}"
+    except ValueError:  # JSON or UTF-8
+        return "its header is not valid JSON"
+    try:
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        return "its header does not describe tensors"
+    expected = 8 + n + max(ends, default=0)
+    if size != expected:
+        return f"{size} bytes, its header describes {expected}"
+    return None
+
+
+def damaged_shards(root: str | os.PathLike[str]) -> list[tuple[Path, str]]:
+    """``(path, reason)`` of every shard of ``root`` that is not whole (see
+    :func:`shard_damage`); cheap enough to run on every start."""
+    found = []
+    for path in shard_paths(root):
+        reason = shard_damage(path)
+        if reason is not None:
+            found.append((path, reason))
+    return found
+
+
 def read_header(path: str | os.PathLike[str]) -> ShardHeader:
-    """Read a shard's metadata and tensor shapes (no tensor data)."""
+    """Read a shard's metadata and tensor shapes (no tensor data).
+
+    Raises:
+        DamagedShardError: the file is not whole (see :func:`shard_damage`) or unreadable.
+        EmorigError: not a prepared shard, or a newer format.
+    """
     from safetensors import safe_open
 
     path = Path(path)
+    reason = shard_damage(path)
+    if reason is not None:
+        raise DamagedShardError(path, reason)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    except (OSError, ValueError, RuntimeError) as err:
-        raise EmorigError(
-            f"{path}: not a readable shard ({type(err).__name__}); delete it to redo its items"
-        ) from None
+    except Exception as err:  # SafetensorError is no OSError: anything here is a bad file
+        raise DamagedShardError(path, short_reason(err)) from None
     if meta.get("format") != FORMAT:
         raise EmorigError(f"{path}: not an emorig prepared shard (format {meta.get('format')!r})")
     if int(meta.get("version", "0")) > VERSION:
@@ -199,12 +283,26 @@ def read_header(path: str | os.PathLike[str]) -> ShardHeader:
         items = tuple(json.loads(meta.get("items", "[]")))
         skipped = tuple((s["source"], s["reason"]) for s in json.loads(meta.get("skipped", "[]")))
     except (KeyError, TypeError, ValueError) as err:
-        raise EmorigError(f"{path}: damaged shard metadata ({type(err).__name__})") from None
+        raise DamagedShardError(path, f"damaged metadata, {type(err).__name__}") from None
     return ShardHeader(path, settings, items, skipped, meta.get("shape", OWN_SHAPE), shapes)
 
 
-def read_headers(root: str | os.PathLike[str]) -> list[ShardHeader]:
-    return [read_header(p) for p in shard_paths(root)]
+def read_headers(root: str | os.PathLike[str], *, skip_damaged: bool = False) -> list[ShardHeader]:
+    """The headers of every shard of ``root``, sorted by name.
+
+    Args:
+        root: the prepared folder.
+        skip_damaged: leave out shards that are not whole instead of raising
+            :class:`DamagedShardError` (``emorig prepare`` re-makes them).
+    """
+    headers = []
+    for path in shard_paths(root):
+        try:
+            headers.append(read_header(path))
+        except DamagedShardError:
+            if not skip_damaged:
+                raise
+    return headers
 
 
 def check_settings(headers: Iterable[ShardHeader], settings: PreparedSettings) -> None:
@@ -225,7 +323,7 @@ def write_shard(
 
     path = Path(path)
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, dict(metadata))
-    with atomic_write(path, "wb") as f:
+    with atomic_write(path, "wb", size=len(data)) as f:
         f.write(data)
     return path
 
@@ -478,6 +576,8 @@ class DatasetWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
+        elif exc is not None and is_disk_full(exc):
+            pass  # writing the queued items would fail the same way; a rerun redoes them
         else:  # keep what is complete; the manifest waits for a successful run
             self.flush()
 
@@ -761,6 +861,14 @@ class BufferDataset(Dataset):
         self.condition = tuple(condition)
         self.codes = codes
         self._handles: dict[str, Any] = {}
+        for name, _ in self.manifest.shards:  # cheap: headers and file sizes only
+            reason = shard_damage(self.root / name)
+            if reason is not None:
+                raise self._damaged(name, reason)
+
+    def _damaged(self, shard: str, reason: str) -> DamagedShardError:
+        synthetic = self.manifest.settings.reconstructor == "synthetic"
+        return DamagedShardError(self.root / shard, reason, synthetic)
 
     @property
     def size(self) -> int:
@@ -791,8 +899,8 @@ class BufferDataset(Dataset):
             path = self.root / shard
             try:
                 handle = safe_open(str(path), framework="pt")
-            except (OSError, ValueError, RuntimeError) as err:
-                raise EmorigError(f"{path}: cannot be read ({type(err).__name__})") from None
+            except Exception as err:  # SafetensorError is no OSError
+                raise self._damaged(shard, shard_damage(path) or short_reason(err)) from None
             self._handles[shard] = handle
         return handle
 
@@ -838,18 +946,21 @@ __all__ = [
     "MANIFEST_NAME",
     "MEAN_SHAPE_NAME",
     "BufferDataset",
+    "DamagedShardError",
     "DatasetWriter",
     "ItemRef",
     "Manifest",
     "PreparedSettings",
     "ShardHeader",
     "code_from_batch",
+    "damaged_shards",
     "load_shard",
     "read_header",
     "read_headers",
     "read_manifest",
     "scale_transform",
     "shape_tag",
+    "shard_damage",
     "shard_paths",
     "write_manifest",
     "write_shard",

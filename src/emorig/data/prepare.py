@@ -11,7 +11,10 @@ For every photo (DiffusionRig's ``scripts/align.py`` + ``scripts/create_data.py`
    face can be re-rendered with edited codes.
 
 Runs are resumable: shards are written atomically and list the inputs they cover, so a rerun
-skips everything already in a shard. Under ``accelerate launch`` each process takes
+skips everything already in a shard. A shard found damaged on start (its size does not match
+its header: truncated by a full disk or a copy) is removed, and the photos it held are
+prepared again. Running out of disk space stops the run with one line (the shard being
+written is not kept); a rerun continues. Under ``accelerate launch`` each process takes
 ``files[rank::world]`` of the sorted list and writes ``shard-r{rank}-*``; after a barrier the
 album mean shape (``mean_shape``) is applied and rank 0 writes the manifest.
 """
@@ -37,8 +40,10 @@ from emorig.data.dataset import (
     Manifest,
     PreparedSettings,
     check_settings,
+    damaged_shards,
     load_shard,
     merge_headers,
+    rank_prefix,
     read_headers,
     shape_tag,
     write_manifest,
@@ -312,6 +317,31 @@ def _aligned_face(path: Path, source: str, aligner: FaceAligner) -> _Pending | s
     return _Pending(source, face, deca_crop(face), info)
 
 
+def remove_damaged_shards(
+    out: Path, say: Callable[[str], None] | None = None, *, rank: int | None = None
+) -> list[Path]:
+    """Delete the shards of ``out`` that are not whole, so that their inputs are redone.
+
+    Args:
+        out: the prepared folder.
+        say: told one line per removed shard.
+        rank: only this rank's shards (``shard-r{rank}-*``); None: every shard.
+
+    Returns:
+        The removed shards.
+    """
+    prefix = f"{rank_prefix(rank)}-" if rank is not None else "shard-"
+    removed = []
+    for path, reason in damaged_shards(out):
+        if not path.name.startswith(prefix):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+        if say is not None:
+            say(f"{path}: damaged shard ({reason}); removed, its inputs are prepared again")
+    return removed
+
+
 def _remaining(
     files: Sequence[Path], root: Path, out: Path, settings: PreparedSettings, rank: int, world: int
 ) -> tuple[list[Path], list[Path]]:
@@ -340,7 +370,8 @@ def prepare_worker(
 ) -> WorkerReport:
     """Prepare this rank's slice ``files[rank::world]`` into shards ``shard-r{rank}-*``.
 
-    Inputs found in any existing shard (stored or skipped) are not redone. Writes no manifest.
+    Inputs found in any existing shard (stored or skipped) are not redone; this rank's damaged
+    shards are removed first (:func:`remove_damaged_shards`). Writes no manifest.
 
     Args:
         files: every input, sorted (all ranks must see the same list).
@@ -362,6 +393,7 @@ def prepare_worker(
         raise EmorigError(f"settings size {settings.size} differs from the config's {config.size}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_damaged_shards(out, say, rank=rank)
     mine, todo = _remaining(files, root, out, settings, rank, world)
     aligner = _ffhq_aligner(aligner, reconstructor, config)
     writer = DatasetWriter(out, settings, shard_size=config.shard_size, rank=rank, manifest=False)
@@ -538,10 +570,11 @@ def prepare(
     rank, world = state.process_index, state.num_processes
     settings = settings_for(reconstructor, config, head_name, label)
     out = Path(out)
-    check_settings(read_headers(out), settings)  # before touching anything
+    check_settings(read_headers(out, skip_damaged=True), settings)  # before touching anything
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / MANIFEST_NAME).unlink(missing_ok=True)  # unfinished until merged again
+        remove_damaged_shards(out, say)  # every rank's, whatever the launch is now
     state.wait_for_everyone()
     report = prepare_worker(
         files,
@@ -629,6 +662,7 @@ __all__ = [
     "prepare",
     "prepare_worker",
     "process_state",
+    "remove_damaged_shards",
     "rerender_shard",
     "settings_for",
     "source_name",
