@@ -100,7 +100,9 @@ def test_dense_landmarks_on_request(photo_folder, tmp_path, capsys):
 def test_usage_errors(tmp_path, capsys):
     assert main(["align", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     assert "missing: not found" in capsys.readouterr().err
-    assert (
-        main(["align", str(tmp_path), str(tmp_path / "out"), "--mode", "ffhq", "--size", "8"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # argparse refuses the size before the library
+        main(["align", str(tmp_path), str(tmp_path / "out"), "--mode", "ffhq", "--size", "8"])
+    assert exit_.value.code == 2
+    assert "argument --size: 8: choose an image size in pixels from 16 to 4096" in (
+        capsys.readouterr().err
     )
-    assert "at least 16 pixels" in capsys.readouterr().err

@@ -163,3 +163,16 @@ def test_top_level_help_builds_no_command_flags(capsys):
     sub = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
     flags = {o for a in sub.choices["render"]._actions for o in a.option_strings}
     assert {"--head", "--face", "--size", "--device"} <= flags
+
+
+def test_emorig_warnings_become_one_note_line(capsys):
+    from emorig.cli.main import _show_warning
+    from emorig.train.checkpoint import CheckpointFallbackWarning
+
+    warning = CheckpointFallbackWarning("checkpoint-4.pt cannot be read; resuming from 2")
+    _show_warning(warning, CheckpointFallbackWarning, "loop.py", 1)
+    assert (
+        capsys.readouterr().err == "emorig: note: checkpoint-4.pt cannot be read; resuming from 2\n"
+    )
+    _show_warning(UserWarning("elsewhere"), UserWarning, "lib.py", 7)
+    assert "lib.py:7: UserWarning: elsewhere" in capsys.readouterr().err

@@ -24,9 +24,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "protocol (expression error by re-reconstruction, identity, emotion accuracy of "
         "emotion edits) and write OUT/ablation.md and OUT/ablation.json. SYNTHETIC data.",
     )
-    p.add_argument("--out", default="emorig-out/ablation", help="output folder")
-    p.add_argument("--steps", type=int, default=200, help="fine-tuning steps per variant")
-    p.add_argument("--pairs", type=int, default=8, help="edit pairs scored per variant")
+    p.add_argument(
+        "--out", default="emorig-out/ablation", type=options.out_dir, help="output folder"
+    )
+    p.add_argument(
+        "--steps", type=options.positive_int, default=200, help="fine-tuning steps per variant"
+    )
+    p.add_argument(
+        "--pairs", type=options.positive_int, default=8, help="edit pairs scored per variant"
+    )
     options.add_seed(p)
     p.add_argument(
         "--recognizer", default="fer", help="emotion recogniser of the emotion loss (fer)"

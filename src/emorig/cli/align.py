@@ -10,6 +10,7 @@ from pathlib import Path
 
 from emorig.cli import options
 from emorig.cli.output import progress
+from emorig.cli.shared import entries_skipped, input_files
 from emorig.errors import EmorigError
 
 #: The command's name and its line in ``emorig --help``.
@@ -33,8 +34,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "not be read (each is listed with its reason), 2 on a usage error.",
     )
     p.add_argument("input", metavar="IN", help="a photo or a folder of photos")
-    p.add_argument("output", metavar="OUT", help="output folder (mirrors IN's sub-folders)")
-    p.add_argument("--size", type=int, default=256, help="aligned image size (256)")
+    p.add_argument(
+        "output",
+        metavar="OUT",
+        type=options.out_dir,
+        help="output folder (mirrors IN's sub-folders)",
+    )
+    p.add_argument("--size", type=options.image_size, default=256, help="aligned image size (256)")
     p.add_argument(
         "--mode",
         default="ffhq",
@@ -46,7 +52,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--backend", default="dlib", help="face backend (dlib)")
     p.add_argument(
         "--min-score",
-        type=float,
+        type=options.finite_float,
         default=None,
         help="dlib detector score a face needs (default 0.3; portraits score 0.5 to 2, "
         "clutter below 0.2)",
@@ -69,7 +75,6 @@ def cmd_align(args: argparse.Namespace) -> int:
         SEVERAL,
         FaceAligner,
         align_files,
-        image_files,
         summarise,
     )
 
@@ -85,9 +90,7 @@ def cmd_align(args: argparse.Namespace) -> int:
         dense=args.dense,
         device=args.device,
     )
-    files = image_files(src, exclude=out)
-    if not files:
-        raise EmorigError(f"{src}: no files to align")
+    files, skipped = input_files(src, out, "align")
     results = align_files(
         files, src, out, aligner, preview=args.preview, progress=progress("aligning")
     )
@@ -95,9 +98,10 @@ def cmd_align(args: argparse.Namespace) -> int:
         if r.status != DONE:
             level = "note" if r.status == SEVERAL else r.status
             print(f"{level}: {r.path}: {r.reason}", file=sys.stderr)
-    print(summarise(results) + f" -> {out}")
+    more = f" ({entries_skipped(skipped)})" if skipped else ""
+    print(summarise(results) + f"{more} -> {out}")
     failed = [r for r in results if r.status not in (DONE, SEVERAL)]
-    return 1 if failed else 0
+    return 1 if failed or skipped else 0
 
 
 __all__ = ["add_parser", "cmd_align"]

@@ -37,13 +37,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", default="emorig-out/demo", help="output folder (emorig-out/demo)")
+    p.add_argument(
+        "--out",
+        default="emorig-out/demo",
+        type=options.out_dir,
+        help="output folder (emorig-out/demo)",
+    )
     p.add_argument("--fast", action="store_true", help="a smaller run (about 2 minutes)")
     options.add_seed(p, "seed of the data and noise")
     p.add_argument("--stage1", metavar="DIR", help="stage-1 model folder (default: shipped)")
     p.add_argument(
         "--train-stage1",
-        type=int,
+        type=options.non_negative_int,
         default=0,
         metavar="STEPS",
         help="train the stage-1 model here for STEPS steps instead of loading it (slow)",

@@ -32,7 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--stage", required=True, choices=tuple(STAGE_DEFAULTS))
     p.add_argument("--data", required=True, help="a prepared folder (emorig prepare / synth)")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", required=True, type=options.out_dir, help="run folder")
     p.add_argument("--init", help="start from an emorig model folder or DiffusionRig model*.pt")
     p.add_argument(
         "--model",
@@ -41,14 +41,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="architecture of a new model (official: DiffusionRig's 145M; small: CPU-sized)",
     )
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="change a model field")
-    p.add_argument("--steps", type=int, help="default: stage1 50000, stage2 5000")
-    p.add_argument("--batch-size", type=int, help="per process; default: stage1 32, stage2 4")
-    p.add_argument("--lr", type=float, help="default: stage1 1e-4, stage2 1e-5")
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--ema", type=float, default=0.0, help="EMA decay (0: off, as DiffusionRig)")
-    p.add_argument("--p2-gamma", type=float, default=1.0, help="P2 weighting exponent (0: off)")
+    p.add_argument("--steps", type=options.positive_int, help="default: stage1 50000, stage2 5000")
     p.add_argument(
-        "--expression-dim", type=int, default=0, help="DiffusionRig-EMO expression code (0: off)"
+        "--batch-size", type=options.positive_int, help="per process; default: stage1 32, stage2 4"
+    )
+    p.add_argument("--lr", type=options.positive_float, help="default: stage1 1e-4, stage2 1e-5")
+    p.add_argument("--grad-clip", type=options.non_negative_float, default=1.0, help="(1; 0: off)")
+    p.add_argument(
+        "--ema",
+        type=options.float_in(0, 1, hi_open=True),
+        default=0.0,
+        help="EMA decay (0: off, as DiffusionRig)",
+    )
+    p.add_argument(
+        "--p2-gamma",
+        type=options.non_negative_float,
+        default=1.0,
+        help="P2 weighting exponent (0: off)",
+    )
+    p.add_argument(
+        "--expression-dim",
+        type=options.int_in(0, 4096),
+        default=0,
+        help="DiffusionRig-EMO expression code (0: off)",
     )
     p.add_argument(
         "--expression-source",
@@ -57,7 +72,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="expression encoder input: FLAME expression+jaw, or recogniser features",
     )
     p.add_argument(
-        "--emotion-weight", type=float, default=0.0, help="emotion loss on predicted x0 (0: off)"
+        "--emotion-weight",
+        type=options.non_negative_float,
+        default=0.0,
+        help="emotion loss on predicted x0 (0: off)",
     )
     p.add_argument("--recognizer", help="emotion recogniser (fer, emoca:DIR, folder)")
     options.add_training_run(p, sample_every=1000)

@@ -51,12 +51,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--source", required=True, help="photo, folder of photos or prepared folder")
     p.add_argument("--target", help="photo or prepared folder (not with --emotion)")
-    p.add_argument("--target-index", type=int, default=0, help="item of a prepared target (0)")
-    p.add_argument("--indices", type=int, nargs="+", help="only these source items")
+    p.add_argument(
+        "--target-index",
+        type=options.non_negative_int,
+        default=0,
+        help="item of a prepared target (0)",
+    )
+    p.add_argument(
+        "--indices", type=options.non_negative_int, nargs="+", help="only these source items"
+    )
     p.add_argument(
         "--modes", default="pose,exp,light", help=f"comma list of {','.join(face_mode_names())}"
     )
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, type=options.out_dir, help="output folder")
     options.add_reconstructor(
         p,
         "--source-reconstructor",
@@ -81,7 +88,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--invert", action="store_true", help="start from the source's DDIM inversion")
     options.add_ddim_steps(p)
     options.add_seed(p, "seed of the fixed noise")
-    p.add_argument("--batch-size", type=int, default=8, help="sources edited at once (8)")
+    p.add_argument(
+        "--batch-size", type=options.positive_int, default=8, help="sources edited at once (8)"
+    )
     p.add_argument(
         "--recognizer", default="fer", help="emotion recogniser for DiffusionRig-EMO models"
     )
@@ -99,11 +108,18 @@ def _add_emotion_flags(p: argparse.ArgumentParser) -> None:
         "pose and light untouched) and sample it.",
     )
     e.add_argument("--emotion", help=options.emotion_names())
-    e.add_argument("--intensity", type=float, default=1.0, help="0 (as is) .. 1 (clear) (1)")
-    e.add_argument("--valence", type=float, help="target valence in [-1, 1] (with --arousal)")
-    e.add_argument("--arousal", type=float, help="target arousal in [-1, 1]")
     e.add_argument(
-        "--sweep", type=int, metavar="N", help="also write a strip of N intensities 0..intensity"
+        "--intensity", type=options.float_in(0, 1.5), default=1.0, help="0 (as is) .. 1 (clear) (1)"
+    )
+    e.add_argument(
+        "--valence", type=options.float_in(-1, 1), help="target valence in [-1, 1] (with --arousal)"
+    )
+    e.add_argument("--arousal", type=options.float_in(-1, 1), help="target arousal in [-1, 1]")
+    e.add_argument(
+        "--sweep",
+        type=options.int_in(1, 100, "a number of intensities"),
+        metavar="N",
+        help="also write a strip of N intensities 0..intensity",
     )
     options.add_emotion_predictor(
         e,
@@ -188,7 +204,7 @@ def _faces(spec: str, out: Path, reconstructor: str, weights, args, size: int):
     if not path.exists():
         raise EmorigError(f"{path}: not found")
     folder = out / "prepared" / f"{path.stem}-{reconstructor}"
-    manifest = prepare_images(
+    manifest, _ = prepare_images(
         path,
         folder,
         reconstructor,

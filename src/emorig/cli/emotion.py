@@ -9,6 +9,7 @@ from pathlib import Path
 
 from emorig.cli import options
 from emorig.cli.output import progress
+from emorig.cli.shared import input_files
 from emorig.errors import EmorigError
 
 #: The command's name and its line in ``emorig --help``.
@@ -46,7 +47,9 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
         metavar="SPEC",
         help="fer, emoca:DIR (an EMOCA emotion recogniser folder) or an emorig model folder",
     )
-    p.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.json")
+    p.add_argument(
+        "--out", required=True, metavar="FILE", type=options.out_file, help="FILE.csv or FILE.json"
+    )
     options.add_all_faces(p)
     options.add_device(p)
     p.set_defaults(func=cmd_predict)
@@ -56,15 +59,13 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_predict(args: argparse.Namespace) -> int:
     from emorig.emotion.predict import DONE, predict_files, summarise_predictions, write_predictions
     from emorig.emotion.recognizers import load_recognizer
-    from emorig.faces.pipeline import FaceAligner, image_files
+    from emorig.faces.pipeline import FaceAligner
 
     src, out = Path(args.images), Path(args.out)
     if out.suffix.lower() not in (".csv", ".json"):
         raise EmorigError(f"--out {out}: name a .csv or .json file")
+    files, skipped = input_files(src, out, "predict")
     out.parent.mkdir(parents=True, exist_ok=True)
-    files = [f for f in image_files(src) if f.resolve() != out.resolve()]
-    if not files:
-        raise EmorigError(f"{src}: no files to predict")
     recognizer = load_recognizer(args.recognizer, device=args.device)
     aligner = FaceAligner(size=224, mode="deca", all_faces=args.all_faces, device=args.device)
     rows = predict_files(files, recognizer, aligner, progress("predicting"))
@@ -75,7 +76,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     name = getattr(recognizer, "name", args.recognizer)
     print(f"{summarise_predictions(rows)} with {name} -> {out}")
     done = {r.path for r in rows if r.status == DONE}
-    return 0 if len(done) == len(files) else 1
+    return 0 if len(done) == len(files) and not skipped else 1
 
 
 def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
@@ -97,7 +98,9 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
         help="a file from 'emorig emotion predict' (repeat for one table row each)",
     )
     p.add_argument("--labels", required=True, metavar="FILE", help="label CSV")
-    p.add_argument("--out", metavar="FILE.json", help="also write the metrics as JSON")
+    p.add_argument(
+        "--out", metavar="FILE.json", type=options.out_file, help="also write the metrics as JSON"
+    )
     p.set_defaults(func=cmd_evaluate)
     return p
 

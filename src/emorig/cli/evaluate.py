@@ -250,12 +250,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="an emorig model folder or DiffusionRig's model*.pt")
     p.add_argument("--data", help="prepared folder the (source, target) pairs come from")
-    p.add_argument("--out", metavar="DIR", help="report folder (report.html, report.json)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        type=options.out_dir,
+        help="report folder (report.html, report.json)",
+    )
     p.add_argument("--multiview", metavar="DATA", help="prepared multi-view folder (consistency)")
     p.add_argument(
-        "--multiview-groups", type=int, metavar="G", help="only the first G groups (all)"
+        "--multiview-groups",
+        type=options.positive_int,
+        metavar="G",
+        help="only the first G groups (all)",
     )
-    p.add_argument("--pairs", type=int, default=16, help="(source, target) pairs (16)")
+    p.add_argument(
+        "--pairs", type=options.positive_int, default=16, help="(source, target) pairs (16)"
+    )
     p.add_argument("--modes", default="exp,pose,light", help="comma list (exp,pose,light)")
     p.add_argument(
         "--emotions",
@@ -284,11 +294,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(photos); auto: shape on synthetic data, else dlib",
     )
     p.add_argument("--fid-network", metavar="FILE", help="feature network (.pt2 / TorchScript)")
-    p.add_argument("--fid-size", type=int, help="resize to this side for the FID network")
+    p.add_argument(
+        "--fid-size", type=options.image_size, help="resize to this side for the FID network"
+    )
     options.add_ddim_steps(p)
     p.add_argument("--invert", action="store_true", help="start from the sources' inversions")
     options.add_seed(p, "seed of pairs and noise")
-    p.add_argument("--batch-size", type=int, default=8, help="faces edited at once (8)")
+    p.add_argument(
+        "--batch-size", type=options.positive_int, default=8, help="faces edited at once (8)"
+    )
     p.add_argument(
         "--recognizer", help="emotion recogniser (EMO models reading features; --emotion-"
         "predictor rendered)"
@@ -314,8 +328,15 @@ def add_now_parser(subparsers) -> argparse.ArgumentParser:
     now.add_argument("--scan-landmarks", required=True, help="7 lines 'x y z' on the scan")
     now.add_argument("--mesh", required=True, help="the predicted mesh (.obj)")
     now.add_argument("--mesh-landmarks", required=True, help="7 lines 'x y z' on the mesh")
-    now.add_argument("--icp", type=int, default=0, help="rounds of ICP refinement (0)")
-    now.add_argument("--json", metavar="FILE", help="also write the numbers here")
+    now.add_argument(
+        "--icp",
+        type=options.int_in(0, 1000, "a number of rounds"),
+        default=0,
+        help="rounds of ICP refinement (0)",
+    )
+    now.add_argument(
+        "--json", metavar="FILE", type=options.out_file, help="also write the numbers here"
+    )
     now.set_defaults(func=cmd_now)
     return now
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from emorig import __version__
@@ -75,6 +76,15 @@ def command_in(argv: Sequence[str]) -> str | None:
     return argv[0] if argv and argv[0] in names else None
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """emorig's own warnings (e.g. a damaged checkpoint skipped on resume) as one ``note:``
+    line; other libraries' as Python prints them."""
+    if category.__module__.startswith("emorig."):
+        print(f"emorig: note: {message}", file=sys.stderr, flush=True)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``emorig`` with ``argv`` (default: the process's); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -86,7 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args([args.command, "--help"] if args.command else ["--help"])
         return 2
     try:
-        return int(func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(func(args) or 0)
     except EmorigError as err:
         print(f"emorig: error: {err}", file=sys.stderr)
         return 2

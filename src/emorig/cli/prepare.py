@@ -49,13 +49,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("images", metavar="IMAGES", nargs="?", help="a photo or a folder of photos")
     options.add_reconstructor(p, help="how codes are made")
-    p.add_argument("--out", metavar="DATA", help="the prepared folder (created; resumed)")
+    p.add_argument(
+        "--out", metavar="DATA", type=options.out_dir, help="the prepared folder (created; resumed)"
+    )
     p.add_argument(
         "--merge",
         metavar="DATA",
         help="only merge DATA's shards into manifest.json (applying --mean-shape if given)",
     )
-    p.add_argument("--size", type=int, default=256, help="aligned image size (256)")
+    p.add_argument("--size", type=options.image_size, default=256, help="aligned image size (256)")
     p.add_argument(
         "--mean-shape",
         action="store_true",
@@ -66,8 +68,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     options.add_head(p, follow_weights=True)
     options.add_assets(p)
     options.add_photometric(p)
-    p.add_argument("--shard-size", type=int, default=64, help="items per shard (64)")
-    p.add_argument("--batch-size", type=int, default=8, help="faces reconstructed at once (8)")
+    p.add_argument(
+        "--shard-size", type=options.positive_int, default=64, help="items per shard (64)"
+    )
+    p.add_argument(
+        "--batch-size", type=options.positive_int, default=8, help="faces reconstructed at once (8)"
+    )
     p.add_argument(
         "--buffer-dtype",
         default="float16",
@@ -81,7 +87,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def _report(manifest, started: float) -> int:
+def _report(manifest, started: float, skipped: int = 0) -> int:
     for source, reason in manifest.skipped:
         say(f"skipped: {source}: {reason}")
     s = manifest.settings
@@ -91,7 +97,7 @@ def _report(manifest, started: float) -> int:
         + (", album mean shape" if manifest.mean_shape is not None else "")
         + f" -> {manifest.root} in {time.perf_counter() - started:.1f} s"
     )
-    return 1 if manifest.skipped else 0
+    return 1 if manifest.skipped or skipped else 0
 
 
 def _merge(args: argparse.Namespace, started: float) -> int:
@@ -121,7 +127,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     missing = [name for name, value in needed if not value]
     if missing:
         raise EmorigError(f"prepare needs {', '.join(missing)} (or --merge DATA)")
-    manifest = prepare_images(
+    manifest, skipped = prepare_images(
         Path(args.images),
         Path(args.out),
         args.model,
@@ -134,7 +140,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     )
     if manifest is None:  # not the main process: that one reports
         return 0
-    return _report(manifest, started)
+    return _report(manifest, started, skipped)
 
 
 __all__ = ["add_parser", "cmd_prepare"]

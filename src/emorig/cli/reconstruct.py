@@ -10,7 +10,7 @@ from pathlib import Path
 
 from emorig.cli import options
 from emorig.cli.output import progress
-from emorig.cli.shared import load_head, resolve_head
+from emorig.cli.shared import input_files, load_head, resolve_head
 
 #: The command's name and its line in ``emorig --help``.
 NAME = "reconstruct"
@@ -31,7 +31,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("images", metavar="IMAGES", help="a photo or a folder of photos")
     options.add_reconstructor(p, required=True)
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, type=options.out_dir, help="output folder")
     options.add_weights(p)
     options.add_head(p, follow_weights=True)
     options.add_assets(p)
@@ -43,14 +43,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from emorig.faces.pipeline import image_files
     from emorig.reconstruct.pipeline import Reconstructor, load_model, reconstruct_files
 
     model, trained_for = load_model(args.model, args.weights, args.assets)
+    src, out = Path(args.images), Path(args.out)
+    files, skipped = input_files(src, out, "reconstruct")
     head = load_head(resolve_head(args.head, trained_for), args.assets)
     rec = Reconstructor(args.model, head, model, photometric=args.photometric, device=args.device)
-    src, out = Path(args.images), Path(args.out)
-    files = image_files(src, exclude=out)
     label = args.model if args.weights is None else f"{args.model} ({args.weights})"
     results = reconstruct_files(
         files, src, out, rec, label, args.all_faces, progress("reconstructing")
@@ -60,9 +59,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         counts[status] = counts.get(status, 0) + 1
         if status != "done":
             print(f"{status}: {path}: {reason}", file=sys.stderr)
+    if skipped:
+        counts["skipped"] = skipped
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     print(f"{len(results)} files ({summary}) with {label} on {head.flame.name} -> {out}")
-    return 0 if counts.get("done", 0) == len(results) else 1
+    return 0 if counts.get("done", 0) == len(results) and not skipped else 1
 
 
 __all__ = ["add_parser", "cmd_reconstruct"]

@@ -8,7 +8,6 @@ import time
 
 from emorig.cli import options
 from emorig.cli.shared import load_head
-from emorig.errors import EmorigError
 
 #: The command's name and its line in ``emorig --help``.
 NAME = "render"
@@ -50,21 +49,38 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="SPEC",
         help="a face to render (repeatable); default: a showcase of expressions and poses",
     )
-    p.add_argument("--size", type=int, default=256, help="image size in pixels (256)")
+    p.add_argument(
+        "--size", type=options.image_size, default=256, help="image size in pixels (256)"
+    )
     p.add_argument(
         "--buffers",
         default=",".join(DEFAULT_BUFFERS),
+        type=buffer_list,
         help=f"comma list from {', '.join(BUFFERS)}",
     )
     p.add_argument(
         "--camera",
         default="7,0,0.005",
+        type=options.camera,
         help="DECA orthographic camera s,tx,ty (default 7,0,0.005 frames the whole head)",
     )
     options.add_device(p)
-    p.add_argument("--out", default="emorig-out/render", help="output folder")
+    p.add_argument("--out", default="emorig-out/render", type=options.out_dir, help="output folder")
     p.set_defaults(func=cmd_render)
     return p
+
+
+def buffer_list(text: str) -> list[str]:
+    """``--buffers``: a comma list of at least one of the showcase's buffers."""
+    from emorig.render.showcase import BUFFERS
+
+    names = [b.strip() for b in text.split(",") if b.strip()]
+    unknown = [n for n in names if n not in BUFFERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a comma list of at least one of {', '.join(BUFFERS)}"
+        )
+    return names
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -73,10 +89,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     head = load_head(args.head, args.assets, albedo=args.albedo)
     faces = args.face or list(BUILTIN_SHOWCASE if head.synthetic else FLAME_SHOWCASE)
-    buffers = [b.strip() for b in args.buffers.split(",") if b.strip()]
-    camera = [float(c) for c in args.camera.split(",")]
-    if len(camera) != 3:
-        raise EmorigError(f"--camera '{args.camera}': give three numbers s,tx,ty")
+    buffers = args.buffers
+    camera = list(args.camera)
     result = render_showcase(
         head, faces, args.out, size=args.size, buffers=buffers, camera=camera, device=args.device
     )
@@ -89,4 +103,4 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parser", "cmd_render"]
+__all__ = ["add_parser", "buffer_list", "cmd_render"]

@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from emorig.cli.output import progress, say_building_head
+from emorig.cli.output import progress, say, say_building_head
 from emorig.errors import EmorigError
 
-__all__ = ["load_head", "prepare_images", "resolve_head"]
+__all__ = ["entries_skipped", "input_files", "load_head", "prepare_images", "resolve_head"]
 
 
 def resolve_head(head: str | None, trained_for: str | None) -> str:
@@ -38,6 +38,26 @@ def load_head(name: str, assets: str | os.PathLike[str] | None, *, announce: boo
     return load(name, assets, **kw)
 
 
+def entries_skipped(n: int) -> str:
+    """``1 entry skipped`` / ``3 entries skipped``."""
+    return f"{n} {'entry' if n == 1 else 'entries'} skipped"
+
+
+def input_files(src: Path, exclude: Path | None, verb: str) -> tuple[list[Path], int]:
+    """The photos under ``src`` (a file or a folder; ``exclude``: the output, not listed) and
+    how many entries were skipped (symlink loops, dangling links, folders named like images:
+    each said on stderr with its reason). Nothing to ``verb`` is an :class:`EmorigError`."""
+    from emorig.faces.pipeline import scan_images
+
+    scan = scan_images(Path(src), exclude=exclude)
+    for path, reason in scan.skipped:
+        say(f"skipped: {path}: {reason}")
+    if not scan.files:
+        more = f" ({entries_skipped(len(scan.skipped))})" if scan.skipped else ""
+        raise EmorigError(f"{src}: no files to {verb}{more}")
+    return scan.files, len(scan.skipped)
+
+
 def prepare_images(
     src: Path,
     out: Path,
@@ -52,9 +72,9 @@ def prepare_images(
 ):
     """Prepare the photos under ``src`` into ``out`` with the reconstructor ``method`` and a
     :class:`~emorig.data.prepare.PrepareConfig` (default: its defaults). Returns the manifest
-    (None on processes other than the main one)."""
+    (None on processes other than the main one) and how many entries of ``src`` were skipped
+    before reading (symlink loops and the like; said on stderr)."""
     from emorig.data.prepare import PrepareConfig, prepare, process_state
-    from emorig.faces.pipeline import image_files
     from emorig.reconstruct.pipeline import Reconstructor, load_model
 
     config = PrepareConfig() if config is None else config
@@ -63,9 +83,7 @@ def prepare_images(
         raise EmorigError(f"{src}: not found")
     if out.exists() and not out.is_dir():
         raise EmorigError(f"--out {out}: is a file; DATA is a folder")
-    files = image_files(src, exclude=out)
-    if not files:
-        raise EmorigError(f"{src}: no files to prepare")
+    files, skipped = input_files(src, out, "prepare")
     state = process_state(device)
     device = device or state.device
     model, trained_for = load_model(method, weights, assets)
@@ -85,4 +103,4 @@ def prepare_images(
         state=state,
         progress=progress(desc, enabled=state.is_local_main_process),
     )
-    return result.manifest
+    return result.manifest, skipped

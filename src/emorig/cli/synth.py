@@ -50,22 +50,41 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", type=options.out_dir, help="output folder"
+    )
     p.add_argument("--mode", default=MODES[0], choices=MODES, help=f"({MODES[0]})")
     p.add_argument(
         "--count",
-        type=int,
+        type=options.positive_int,
         default=None,
         metavar="N",
         help="images in total (default: random 100, album 20, multiview 8 groups x --views)",
     )
-    p.add_argument("--size", type=int, default=256, help="image size in pixels (256)")
-    options.add_seed(p)
-    p.add_argument("--views", type=int, default=5, metavar="K", help="multiview: views (5)")
     p.add_argument(
-        "--max-yaw", type=float, default=30.0, metavar="DEG", help="multiview: yaw span (30)"
+        "--size", type=options.image_size, default=256, help="image size in pixels (256)"
     )
-    p.add_argument("--album-size", type=int, default=20, help="album: images per identity (20)")
+    options.add_seed(p)
+    p.add_argument(
+        "--views",
+        type=options.int_in(1, 360, "a number of views"),
+        default=5,
+        metavar="K",
+        help="multiview: views (5)",
+    )
+    p.add_argument(
+        "--max-yaw",
+        type=options.float_in(0, 90),
+        default=30.0,
+        metavar="DEG",
+        help="multiview: yaw span (30)",
+    )
+    p.add_argument(
+        "--album-size",
+        type=options.positive_int,
+        default=20,
+        help="album: images per identity (20)",
+    )
     p.add_argument(
         "--emotions",
         action="store_true",
@@ -74,7 +93,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--supersample",
-        type=int,
+        type=options.int_in(1, 8, "a factor"),
         default=2,
         metavar="F",
         help="render at F x the size and average down for smooth edges (2; 1 is 3-4x faster)",
@@ -85,7 +104,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="also write OUT/prepared: the images with their exact codes and condition buffers, "
         "ready for 'emorig train diffusion --data OUT/prepared' (no reconstruction needed)",
     )
-    p.add_argument("--batch-size", type=int, default=16, help="images rendered at once (16)")
+    p.add_argument(
+        "--batch-size", type=options.positive_int, default=16, help="images rendered at once (16)"
+    )
     options.add_device(p)
     p.set_defaults(func=cmd_synth)
     return p

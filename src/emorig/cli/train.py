@@ -36,7 +36,7 @@ def add_reconstruct_parser(subparsers) -> argparse.ArgumentParser:
         "checkpoint carries its config. Without --data the head's synthetic faces are used.",
     )
     p.add_argument("--stage", required=True, choices=STAGES)
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", required=True, type=options.out_dir, help="run folder")
     options.add_head(p)
     options.add_assets(p)
     p.add_argument(
@@ -49,10 +49,14 @@ def add_reconstruct_parser(subparsers) -> argparse.ArgumentParser:
         help="folder of 'emorig align --mode deca --size 224' crops, one "
         "sub-folder per identity (default: synthetic faces)",
     )
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=8, help="identities per batch")
-    p.add_argument("--group-size", type=int, default=1, help="images per identity (K)")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--steps", type=options.positive_int, default=1000)
+    p.add_argument(
+        "--batch-size", type=options.positive_int, default=8, help="identities per batch"
+    )
+    p.add_argument(
+        "--group-size", type=options.positive_int, default=1, help="images per identity (K)"
+    )
+    p.add_argument("--lr", type=options.positive_float, default=1e-4)
     options.add_backbone(p, width_dest="backbone_width")
     p.add_argument("--loss-weights", dest="weights", default="deca", choices=("deca", "emoca"))
     p.add_argument(
@@ -72,7 +76,9 @@ def add_reconstruct_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_train_reconstruct(args: argparse.Namespace) -> int:
     from emorig.train.recon import ReconTrainConfig, train_reconstruction
 
-    overrides = options.parse_assignments(args.weight, "--weight", float, "NAME=NUMBER")
+    overrides = options.parse_assignments(
+        args.weight, "--weight", options.non_negative_float, "NAME=NUMBER (at least 0)"
+    )
     cfg = options.config_from_args(ReconTrainConfig, args, weight_overrides=overrides)
     with step_progress(cfg.steps, f"training {cfg.stage}") as progress:
         result = train_reconstruction(cfg, progress=progress)
@@ -104,21 +110,28 @@ def add_emotion_parser(subparsers) -> argparse.ArgumentParser:
         "sub-folders (happy/, sad/, ...), or 'synthetic' (labelled renders of the built-in "
         "head; synthetic faces, not a model of real emotions)",
     )
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", required=True, type=options.out_dir, help="run folder")
     p.add_argument("--images-root", help="folder the CSV's paths are relative to")
     p.add_argument("--init", help="recogniser to fine-tune (emoca:DIR or an emorig folder)")
     options.add_backbone(p)
-    p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--steps", type=int, default=20000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--input-size", type=options.image_size, default=224)
+    p.add_argument("--steps", type=options.positive_int, default=20000)
+    p.add_argument("--batch-size", type=options.positive_int, default=32)
+    p.add_argument("--lr", type=options.positive_float, default=1e-4)
     p.add_argument(
-        "--patience", type=int, default=10, help="validations without improvement (0: off)"
+        "--val-fraction", type=options.float_in(0, 1, lo_open=True, hi_open=True), default=0.1
+    )
+    p.add_argument("--val-every", type=options.positive_int, default=500)
+    p.add_argument(
+        "--patience",
+        type=options.non_negative_int,
+        default=10,
+        help="validations without improvement (0: off)",
     )
     p.add_argument("--no-augment", dest="augment", action="store_false")
-    p.add_argument("--synthetic-count", type=int, default=2048, help="synthetic pool size")
+    p.add_argument(
+        "--synthetic-count", type=options.positive_int, default=2048, help="synthetic pool size"
+    )
     options.add_training_run(p, sample_every=None)
     p.set_defaults(func=cmd_train_emotion)
     return p

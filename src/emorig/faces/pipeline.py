@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -177,30 +179,90 @@ class FaceAligner:
         return result
 
 
-def image_files(root: Path, exclude: Path | None = None) -> list[Path]:
+#: File-name endings of the images the readers take; a folder named like this is skipped.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+    | {".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".heic", ".avif"}
+)
+
+
+@dataclass(frozen=True)
+class ImageScan:
+    """What :func:`scan_images` found: the files to read (sorted) and the entries it skipped,
+    each ``(path, reason)`` (symlink loops, dangling links, folders named like images,
+    devices and pipes)."""
+
+    files: list[Path]
+    skipped: list[tuple[Path, str]]
+
+
+def scan_images(root: Path, exclude: Path | None = None) -> ImageScan:
     """Every non-hidden file under ``root`` (or ``root`` itself), sorted; non-images are kept
-    so that they are reported rather than silently skipped."""
-    if root.is_file():
-        return [root]
-    if not root.exists():
-        raise EmorigError(f"{root}: not found")
-    out = []
+    so that they are reported rather than silently skipped. Entries that cannot be read as a
+    file (a symlink loop, a dangling symlink, a folder named like an image, a pipe or device)
+    are skipped with their reason, and the walk goes on. ``exclude``: a folder not to enter or
+    a file not to list (the output). ``root`` missing is an :class:`EmorigError`."""
+    root = Path(root)
+    problem = _entry_problem(root)
+    if problem is not None and not root.is_dir():
+        if problem == "not found":
+            raise EmorigError(f"{root}: not found")
+        raise EmorigError(f"{root}: {problem}")
+    if not root.is_dir():
+        return ImageScan([root], [])
+    files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         if exclude is not None and _inside(here, exclude):
             dirnames[:] = []
             continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(here / f for f in sorted(filenames) if not f.startswith("."))
-    return out
+        for d in list(dirnames):
+            if Path(d).suffix.lower() in IMAGE_SUFFIXES:
+                dirnames.remove(d)
+                skipped.append((here / d, "a folder named like an image (not searched)"))
+        for name in sorted(f for f in filenames if not f.startswith(".")):
+            path = here / name
+            if exclude is not None and _same(path, exclude):
+                continue
+            problem = _entry_problem(path)
+            if problem is None:
+                files.append(path)
+            else:
+                skipped.append((path, problem))
+    return ImageScan(files, skipped)
+
+
+def image_files(root: Path, exclude: Path | None = None) -> list[Path]:
+    """The files :func:`scan_images` finds under ``root`` (the skipped entries left out)."""
+    return scan_images(root, exclude).files
+
+
+def _entry_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file (None when it can, or is a folder)."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symlink loop"
+        if os.path.islink(path):
+            return f"a dangling symlink to {os.readlink(path)}"
+        if isinstance(err, FileNotFoundError):
+            return "not found"
+        return f"cannot be read ({err.strerror or err})"
+    if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
+        return None
+    return "not a regular file (a pipe, socket or device)"
 
 
 def _inside(path: Path, parent: Path) -> bool:
-    try:
-        path.resolve().relative_to(parent.resolve())
-        return True
-    except ValueError:
-        return False
+    real, top = os.path.realpath(path), os.path.realpath(parent)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def _same(path: Path, other: Path) -> bool:
+    return os.path.realpath(path) == os.path.realpath(other)
 
 
 def output_stem(path: Path, root: Path, out_dir: Path) -> Path:
@@ -295,13 +357,16 @@ def summarise(results: Sequence[AlignResult]) -> str:
 
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "MODES",
     "AlignResult",
     "AlignedFace",
     "FaceAligner",
+    "ImageScan",
     "align_files",
     "draw_preview",
     "image_files",
+    "scan_images",
     "summarise",
     "to_uint8",
 ]

@@ -59,6 +59,8 @@ class FaceRenderer(nn.Module):
         texture_size: int = 256,
     ):
         super().__init__()
+        if not 1 <= int(texture_size) <= 4096:
+            raise ValueError(f"texture_size {texture_size}: choose a side from 1 to 4096")
         if head.uv is None:
             raise ValueError(
                 f"{head.flame.name} has no UV layout; rendering needs one "

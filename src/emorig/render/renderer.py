@@ -17,6 +17,7 @@ from emorig.render.shading import directional_shading, sh_shading
 from emorig.types import Fragments, RenderBuffers
 
 __all__ = [
+    "MAX_RENDER_PIXELS",
     "SHAPE_COLOR",
     "SHAPE_LIGHT_DIRECTIONS",
     "SHAPE_LIGHT_INTENSITY",
@@ -54,7 +55,28 @@ def _check_mesh(vertices: Tensor, screen_vertices: Tensor, max_vertex: int) -> N
         )
 
 
+#: The most pixels one rendered buffer may have (a 8192 x 8192 image): beyond this a size is a
+#: mistake, not a photo, and the buffers would not fit in memory.
+MAX_RENDER_PIXELS = 8192 * 8192
+
+
+def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+    h, w = size
+    if h < 1 or w < 1 or h * w > MAX_RENDER_PIXELS:
+        raise ValueError(
+            f"image size {h}x{w}: choose sides of at least 1 and at most "
+            f"{MAX_RENDER_PIXELS // 1_000_000} megapixels"
+        )
+    return size
+
+
 def _resolve_size(
+    image_size: tuple[int, int] | int | None, crop: CropTransform | None
+) -> tuple[int, int]:
+    return _check_size(_requested_size(image_size, crop))
+
+
+def _requested_size(
     image_size: tuple[int, int] | int | None, crop: CropTransform | None
 ) -> tuple[int, int]:
     if isinstance(image_size, int):
@@ -66,7 +88,9 @@ def _resolve_size(
         return crop_size  # type: ignore[return-value]
     if image_size is None:
         raise ValueError("image_size is required without a crop")
-    return tuple(image_size)  # type: ignore[return-value]
+    if len(image_size) != 2:
+        raise ValueError(f"image_size {image_size}: give (H, W) or an int")
+    return tuple(int(s) for s in image_size)  # type: ignore[return-value]
 
 
 class MeshRenderer(nn.Module):
