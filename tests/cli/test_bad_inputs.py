@@ -472,3 +472,49 @@ def test_bad_links_through_prepare(tmp_path, capsys):
     assert "loop.jpg: a symlink loop" in err
     assert "text.jpg" in err
     assert "0 items (1 skipped)" in out
+
+
+# --- damaged training inputs through `emorig train diffusion` -------------------------------
+
+
+@pytest.fixture
+def tiny_album(tmp_path):
+    from emorig.synth.datasets import SynthDatasetConfig
+    from emorig.synth.prepared import write_prepared
+
+    folder = tmp_path / "album"
+    write_prepared(
+        SynthDatasetConfig(mode="album", count=4, size=32, album_size=4, supersample=1), folder
+    )
+    return folder
+
+
+def _train(data, out, steps):
+    return ["train", "diffusion", "--stage", "stage1", "--data", data, "--out", out,
+            "--model", "tiny", "--steps", steps, "--batch-size", 2, "--save-every", 1,
+            "--sample-every", 1000, "--cpu"]  # fmt: skip
+
+
+def test_a_truncated_shard_is_one_line_naming_it(tiny_album, tmp_path, capsys):
+    shard = sorted(tiny_album.glob("shard-*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    code, _, err = run(_train(tiny_album, tmp_path / "run", 2), capsys)
+    assert code == 2
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1
+    assert shard.name in errors[0]
+    assert "prepare" in errors[0] or "synth" in errors[0]
+
+
+def test_a_damaged_newest_checkpoint_is_a_note_and_the_run_goes_on(tiny_album, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(_train(tiny_album, out, 2), capsys)[0] == 0
+    newest = out / "checkpoint-00000002.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    code, _, err = run(_train(tiny_album, out, 3), capsys)
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("emorig: note:")]
+    assert len(notes) == 1
+    assert "checkpoint-00000002.pt cannot be read" in notes[0]
+    assert "checkpoint-00000001.pt" in notes[0]
+    assert (out / "model" / "model.safetensors").is_file()
