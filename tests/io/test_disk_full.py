@@ -10,25 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from emorig.cli.main import main
 from emorig.data.dataset import MANIFEST_NAME, BufferDataset, read_header, shard_paths
 from emorig.data.prepare import PrepareConfig, prepare
 from emorig.errors import EmorigError
 from emorig.faces.pipeline import image_files
-from emorig.flame.builtin import EXPRESSION_COMPONENTS, builtin_head
+from emorig.flame.builtin import builtin_head
 from emorig.io import atomic
 from emorig.io.atomic import DiskFullError, atomic_write, save_npz_atomic
-from emorig.io.images import to_uint8
-from emorig.reconstruct.fitting import initialise_pose
-from emorig.reconstruct.pipeline import CROP, Reconstruction, Reconstructor
-from emorig.render.face import FaceRenderer
-from emorig.render.showcase import parse_face_spec, specs_to_code
 from emorig.synth.datasets import SynthDatasetConfig
 from emorig.synth.prepared import write_prepared
-from emorig.synth.sampling import backgrounds
-from emorig.types import FaceCode
+from prepare_helpers import OneProcess, QuickReconstructor, render_album
 
 
 class _Filling:
@@ -147,30 +140,6 @@ def test_save_npz_atomic_on_a_full_disk(tmp_path, monkeypatch):
 # emorig prepare
 
 
-class OneProcess:
-    process_index, num_processes = 0, 1
-    is_main_process = is_local_main_process = True
-
-    def wait_for_everyone(self):
-        pass
-
-
-class QuickReconstructor(Reconstructor):
-    """Pose and camera from the landmarks only (as tests/data/test_prepare.py)."""
-
-    def __init__(self, head):
-        super().__init__("fit", head, photometric=False)
-        self.calls = 0
-
-    def reconstruct_crops(self, faces):
-        n = len(faces)
-        self.calls += n
-        lm = torch.stack([torch.as_tensor(f.landmarks, dtype=torch.float32) for f in faces])
-        pose, camera, _ = initialise_pose(self.renderer.flame, lm / CROP * 2 - 1)
-        code = FaceCode.neutral(n).replace(global_pose=pose, camera=camera)
-        return [Reconstruction(f, code[i : i + 1], None, 0.0) for i, f in enumerate(faces)]
-
-
 @pytest.fixture(scope="module")
 def head():
     return builtin_head()
@@ -179,18 +148,7 @@ def head():
 @pytest.fixture(scope="module")
 def album(head, tmp_path_factory):
     """Four renders of the built-in head."""
-    root = tmp_path_factory.mktemp("album")
-    r = FaceRenderer(head)
-    names = [n for n, _ in EXPRESSION_COMPONENTS]
-    for k, spec in enumerate(["smile=0.5", "jaw=10+yaw=-12", "frown=0.6+yaw=10", "blink=0.4"]):
-        code = specs_to_code([parse_face_spec(spec, names)], r, camera=(8.0, 0.0, 0.01))
-        with torch.no_grad():
-            out = r(code, 256)
-        bg = backgrounds(1, 256, torch.Generator().manual_seed(k), "cpu")
-        m = out.buffers.mask
-        pixels = to_uint8((out.buffers.rendered * m + bg * (1 - m))[0])
-        Image.fromarray(pixels).save(root / f"img{k}.png")
-    return root
+    return render_album(head, tmp_path_factory.mktemp("album"))
 
 
 def test_prepare_stops_on_a_full_disk_and_a_rerun_continues(head, album, tmp_path, monkeypatch):
