@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
+from emorig.progress import progress_bar, stage_progress
+
 __all__ = [
     "progress",
     "progress_bar",
@@ -26,8 +28,12 @@ def say(message: str) -> None:
 
 
 def say_building_head() -> None:
-    """The note before the built-in head is built (it takes a few seconds)."""
-    say("building the built-in synthetic head (procedural, about 5 s)...")
+    """The note before the built-in head is built, when it is not cached yet (the first run
+    takes about 10 s; later runs load it from the user's cache)."""
+    from emorig.flame.builtin.cache import is_cached
+
+    if not is_cached():
+        say("building the built-in synthetic head (procedural, about 10 s, once: it is cached)...")
 
 
 def progress(desc: str, *, unit: str = "img", enabled: bool = True):
@@ -39,14 +45,6 @@ def progress(desc: str, *, unit: str = "img", enabled: bool = True):
         return tqdm(items, unit=unit, desc=desc, disable=None if enabled else True, file=sys.stderr)
 
     return wrap
-
-
-def progress_bar(total: int, desc: str, unit: str):
-    """A progress bar of ``total`` ``unit`` on stderr (off when stderr is not a terminal); the
-    caller moves it with ``update(n)`` and closes it."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=unit, desc=desc, disable=None, file=sys.stderr)
 
 
 @contextmanager
@@ -64,19 +62,3 @@ def step_progress(total: int, desc: str) -> Iterator[StepCallback]:
         yield update
     finally:
         bar.close()
-
-
-def stage_progress() -> Callable[[str, int, int], None]:
-    """A ``progress(stage, done, total)`` callback drawing one bar per stage on stderr."""
-    bars: dict[str, object] = {}
-
-    def update(stage: str, done: int, total: int) -> None:
-        bar = bars.get(stage)
-        if bar is None:
-            bar = bars[stage] = progress_bar(total, stage, "it")
-        bar.n = done
-        bar.refresh()
-        if done >= total:
-            bar.close()
-
-    return update

@@ -83,11 +83,42 @@ def buffer_list(text: str) -> list[str]:
     return names
 
 
+def check_faces(faces: list[str] | None, head: str) -> None:
+    """Parse every ``--face`` before any heavy work: a bad spec (``smiel``) fails at once with
+    the known names. Expression names are the built-in head's (known without building it);
+    FLAME heads have none (``expN`` only). Component numbers are checked against the
+    built-in head's sizes here, against a FLAME head's once it is loaded."""
+    from emorig.errors import EmorigError
+    from emorig.flame import builtin
+    from emorig.render.showcase import parse_face_specs
+
+    if head != "builtin":
+        parse_face_specs(faces or [])
+        return
+    sizes = {
+        "expression": builtin.N_EXPRESSION,
+        "shape": builtin.N_SHAPE,
+        "albedo": builtin.N_ALBEDO,
+    }
+    for spec in parse_face_specs(faces or [], builtin.expression_names()):
+        for what, n in sizes.items():
+            for k in getattr(spec, what):
+                if k >= n:
+                    raise EmorigError(
+                        f"face '{spec.label}': {what} component {k} does not exist "
+                        f"(the built-in head has {n})"
+                    )
+
+
 def cmd_render(args: argparse.Namespace) -> int:
+    from emorig.cli.output import say_building_head
     from emorig.render.showcase import BUILTIN_SHOWCASE, FLAME_SHOWCASE, render_showcase
 
     t = time.perf_counter()
-    head = load_head(args.head, args.assets, albedo=args.albedo)
+    check_faces(args.face, args.head)
+    if args.head == "builtin":
+        say_building_head()
+    head = load_head(args.head, args.assets, announce=False, albedo=args.albedo)
     faces = args.face or list(BUILTIN_SHOWCASE if head.synthetic else FLAME_SHOWCASE)
     buffers = args.buffers
     camera = list(args.camera)
@@ -103,4 +134,4 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parser", "buffer_list", "cmd_render"]
+__all__ = ["add_parser", "buffer_list", "check_faces", "cmd_render"]

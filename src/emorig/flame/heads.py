@@ -24,7 +24,9 @@ def load_head(
     """Load a head by name.
 
     Args:
-        name: ``"builtin"`` (the synthetic embedded default, needs no files) or one of the
+        name: ``"builtin"`` (the synthetic embedded default, needs no files; built once per
+            source version, then loaded from the disk cache, see
+            :mod:`emorig.flame.builtin.cache`) or one of the
             FLAME releases ``"flame2020"``, ``"flame2023"``, ``"flame2023_open"``.
         assets: the asset folder (default ``$EMORIG_HOME``); ignored for the built-in head.
         albedo: for FLAME heads: ``"flame"`` (FLAME_texture.npz), ``"bfm"``

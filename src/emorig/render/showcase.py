@@ -97,6 +97,12 @@ def parse_face_spec(text: str, expression_names: Sequence[str] = ()) -> FaceSpec
     return FaceSpec(label=text, **values, **angles)
 
 
+def parse_face_specs(faces: Sequence[str], expression_names: Sequence[str] = ()) -> list[FaceSpec]:
+    """Parse several face specs (:func:`parse_face_spec`); needs no head, so callers can check
+    their input before loading one."""
+    return [parse_face_spec(f, expression_names) for f in faces]
+
+
 def studio_light(batch: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """(B, 9, 3) a soft white key from the upper front left plus ambient (DECA's SH layout)."""
     sh = torch.zeros(batch, 9, 3, dtype=dtype, device=device)
@@ -225,10 +231,9 @@ def render_showcase(
 ) -> ShowcaseResult:
     """Render each face spec, write one PNG per buffer and face, a labelled contact sheet
     (``sheet.png``) and the exact parameters (``faces.json``)."""
-    from emorig.flame.builtin import EXPRESSION_COMPONENTS
+    from emorig.flame.builtin import expression_names
 
-    names = [n for n, _ in EXPRESSION_COMPONENTS] if head.synthetic else []
-    specs = [parse_face_spec(f, names) for f in faces]
+    specs = parse_face_specs(faces, expression_names() if head.synthetic else [])
     for name in buffers:
         if name not in BUFFERS:
             raise EmorigError(f"unknown buffer '{name}'; choose from {', '.join(BUFFERS)}")

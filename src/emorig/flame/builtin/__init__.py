@@ -7,7 +7,9 @@ embedding in DECA's layout (:mod:`.landmarks`) and a painted albedo space (:mod:
 It exists so that every emorig command runs on a fresh machine; results on it say nothing
 about real faces.
 
-``builtin_head()`` builds it once per process (a few seconds) and caches it.
+``builtin_head()`` builds it once per source version (about ten seconds), keeps it on disk
+(:mod:`.cache`: ``$EMORIG_CACHE``, else ``$XDG_CACHE_HOME/emorig``, else ``~/.cache/emorig``)
+and in memory; later processes load it in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import functools
 
 import numpy as np
 
+from emorig.flame.builtin import cache
 from emorig.flame.builtin.albedo import ALBEDO_COMPONENTS, albedo_space, uv_region_masks
 from emorig.flame.builtin.bases import (
     EXPRESSION_COMPONENTS,
@@ -37,30 +40,41 @@ from emorig.flame.data import FlameData, HeadAssets, UVLayout
 
 BUILTIN_NAME = "emorig built-in head (synthetic)"
 BUILTIN_VERSION = 1
+#: Component counts of the default built-in head (FLAME's sizes; DECA's albedo count).
+N_SHAPE, N_EXPRESSION, N_ALBEDO = 300, 100, 50
 
 __all__ = [
     "ALBEDO_COMPONENTS",
     "BUILTIN_NAME",
     "EXPRESSION_COMPONENTS",
+    "N_ALBEDO",
+    "N_EXPRESSION",
+    "N_SHAPE",
     "SHAPE_COMPONENTS",
     "build_builtin_head",
     "builtin_head",
     "expression_index",
+    "expression_names",
 ]
+
+
+def expression_names() -> list[str]:
+    """The named expression components (``smile``, ``frown``, ...), without building the head."""
+    return [n for n, _ in EXPRESSION_COMPONENTS]
 
 
 def expression_index(name: str) -> int:
     """Index of a named expression component, e.g. ``expression_index("smile") == 0``."""
-    names = [n for n, _ in EXPRESSION_COMPONENTS]
+    names = expression_names()
     if name not in names:
         raise KeyError(f"unknown expression {name!r}; known: {', '.join(names)}")
     return names.index(name)
 
 
 def build_builtin_head(
-    n_shape: int = 300,
-    n_expression: int = 100,
-    n_albedo: int = 50,
+    n_shape: int = N_SHAPE,
+    n_expression: int = N_EXPRESSION,
+    n_albedo: int = N_ALBEDO,
     texture_size: int = 256,
     seed: int = 0,
 ) -> HeadAssets:
@@ -105,5 +119,7 @@ def build_builtin_head(
 
 @functools.lru_cache(maxsize=1)
 def builtin_head() -> HeadAssets:
-    """The default built-in head (cached per process)."""
-    return build_builtin_head()
+    """The default built-in head: loaded from the disk cache (:mod:`.cache`) when the current
+    source built it before, else built (and cached on disk when the folder is writable);
+    kept per process."""
+    return cache.load_or_build(build_builtin_head)
