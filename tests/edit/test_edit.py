@@ -186,8 +186,13 @@ def test_edit_cli_writes_edits_and_grids(trained, tmp_path, capsys):
                  str(data), "--modes", "frown", "--out", str(out)]) == 2  # fmt: skip
 
 
-def test_edit_cli_emotion_sweep(trained, tmp_path):
+def test_edit_cli_emotion_sweep(trained, tmp_path, monkeypatch):
+    import emorig.edit.emotion as emotion
     from emorig.cli.main import main
+
+    # a small code-space predictor: what is tested here is the sweep, not the predictor
+    small = {"steps": 40, "batch_size": 64, "seed": 0, "hidden": 64}
+    monkeypatch.setattr(emotion, "CODE_PREDICTOR_SETTINGS", small)
 
     data, folder = trained
     out = tmp_path / "emotion"

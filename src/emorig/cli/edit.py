@@ -123,9 +123,10 @@ def _add_emotion_flags(p: argparse.ArgumentParser) -> None:
     )
     options.add_emotion_predictor(
         e,
-        "codes: an EmoDECA MLP on FLAME codes (trained on synthetic built-in-head codes, "
-        "seconds); rendered: --recognizer on renders of the code; auto: codes on the "
-        "built-in head, rendered otherwise",
+        "codes: an EmoDECA MLP on FLAME codes (trained once on synthetic built-in-head codes, "
+        "then loaded from $EMORIG_CACHE, else $XDG_CACHE_HOME/emorig or ~/.cache/emorig); "
+        "rendered: --recognizer on renders of the code; auto: codes on the built-in head, "
+        "rendered otherwise",
     )
 
 
@@ -137,10 +138,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     modes = parse_modes(args.modes)
     out = Path(args.out)
-    model = load_rig(args.model, device=args.device)
-    emotion = _emotion_target(args)
+    emotion = _emotion_target(args)  # every request is checked before the model loads
     if (emotion is None) == (args.target is None):
         raise EmorigError("give either --target or an emotion (--emotion / --valence --arousal)")
+    model = load_rig(args.model, device=args.device)
     sources, targets = _inputs(args, out, model.config.image_size, emotion is not None)
     if not 0 <= args.target_index < len(targets):
         raise EmorigError(f"--target-index {args.target_index}: the target has {len(targets)}")
@@ -167,7 +168,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         return write_edits(result, source, target, out, with_reconstruction=args.invert)
 
     grids = _in_batches(sources, indices, args.batch_size, edit)
-    _write_record(args, out, emotion, modes, mean is not None, grids)
+    _write_record(args, out, emotion, predictor, modes, mean is not None, grids)
     n_edits = 1 if emotion is not None else len(modes)
     print(
         f"{len(indices)} faces x {n_edits} edits in {time.perf_counter() - started:.1f} s "
@@ -276,7 +277,10 @@ def _in_batches(sources, indices: list[int], batch_size: int, edit) -> list[Path
     return grids
 
 
-def _write_record(args, out: Path, emotion, modes, mean_shape: bool, grids) -> None:
+def _write_record(args, out: Path, emotion, predictor, modes, mean_shape: bool, grids) -> None:
+    """``OUT/edits.json``: what ran. A face edit lists its ``modes`` (and the target); an
+    emotion edit has ``modes: ["emotion"]`` and ``emotion_edit`` (the request, the sweep and
+    the predictor)."""
     from emorig.io.atomic import atomic_write
 
     record = {
@@ -284,8 +288,9 @@ def _write_record(args, out: Path, emotion, modes, mean_shape: bool, grids) -> N
         "source": str(args.source),
         "target": None if args.target is None else str(args.target),
         "emotion": None if emotion is None else emotion.describe(),
-        "target_index": args.target_index,
-        "modes": list(modes),
+        "emotion_edit": None if emotion is None else _emotion_record(emotion, predictor, args),
+        "target_index": None if emotion is not None else args.target_index,
+        "modes": ["emotion"] if emotion is not None else list(modes),
         "steps": args.steps,
         "invert": args.invert,
         "seed": args.seed,
@@ -294,6 +299,21 @@ def _write_record(args, out: Path, emotion, modes, mean_shape: bool, grids) -> N
     }
     with atomic_write(out / "edits.json", "w") as f:
         json.dump(record, f, indent=1)
+
+
+def _emotion_record(emotion, predictor, args) -> dict:
+    """The emotion edit as run: the request, the sweep's intensities and the predictor."""
+    sweep = None
+    if args.sweep and args.sweep > 1:
+        sweep = [round(emotion.intensity * k / (args.sweep - 1), 6) for k in range(args.sweep)]
+    return {
+        "emotion": emotion.emotion,
+        "intensity": emotion.intensity if emotion.emotion is not None else None,
+        "valence": emotion.valence,
+        "arousal": emotion.arousal,
+        "sweep": sweep,
+        "predictor": dict(predictor.info or {"kind": args.emotion_predictor}),
+    }
 
 
 def _emotion_target(args):

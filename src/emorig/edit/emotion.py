@@ -34,10 +34,14 @@ from emorig.errors import EmorigError
 from emorig.types import EMOTION_CLASSES, EmotionOutput, FaceCode
 
 __all__ = [
+    "CODE_PREDICTOR_SETTINGS",
     "CodePredictor",
     "CodeSpacePredictor",
     "EmotionTarget",
     "RenderedPredictor",
+    "cached_code_predictor",
+    "code_predictor_key",
+    "emotion_predictor",
     "expression_input_for",
     "find_expression",
     "train_code_predictor",
@@ -80,9 +84,13 @@ class EmotionTarget:
 
 
 class CodePredictor(nn.Module):
-    """FaceCode -> :class:`EmotionOutput`, differentiable in the expression and jaw."""
+    """FaceCode -> :class:`EmotionOutput`, differentiable in the expression and jaw.
+
+    ``info`` says what the predictor is (set by :func:`emotion_predictor`; JSON).
+    """
 
     predicts_va: bool = False
+    info: dict | None = None
 
     def forward(self, code: FaceCode) -> EmotionOutput:  # pragma: no cover - interface
         raise NotImplementedError
@@ -122,9 +130,10 @@ class CodeSpacePredictor(CodePredictor):
 
     predicts_va = True
 
-    def __init__(self, mlp: nn.Module):
+    def __init__(self, mlp: nn.Module, info: dict | None = None):
         super().__init__()
         self.mlp = mlp.eval().requires_grad_(False)
+        self.info = info
 
     def forward(self, code: FaceCode) -> EmotionOutput:
         return self.mlp(code)
@@ -153,6 +162,7 @@ def train_code_predictor(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         mlp = EmoDecaMLP(config)
+    mlp = mlp.to(renderer.flame.v_template.device)  # where labelled_codes puts the codes
     opt = torch.optim.Adam(mlp.parameters(), lr=1e-3)
     mlp.train()
     for step in range(steps):
@@ -293,6 +303,65 @@ def expression_input_for(model, recognizer: str | None, device):
     return from_image
 
 
+#: Settings of the code-space predictor that emotion edits use (:func:`train_code_predictor`).
+CODE_PREDICTOR_SETTINGS = {"steps": 400, "batch_size": 128, "seed": 0, "hidden": 256}
+
+
+def code_predictor_key(renderer, head: str, settings: dict | None = None) -> dict:
+    """What a trained code-space predictor depends on: the head (name and tensors), the
+    training settings and seed, the code that trains it and the torch version."""
+    import emorig.emotion.emodeca as emodeca
+    import emorig.emotion.presets as presets
+    import emorig.flame.model as flame_model
+    import emorig.synth.sampling as sampling
+    from emorig.edit.predictor_cache import source_fingerprint, tensor_fingerprint
+
+    return {
+        "head": head,
+        "head_tensors": tensor_fingerprint(renderer.flame),
+        "settings": dict(CODE_PREDICTOR_SETTINGS if settings is None else settings),
+        "code": source_fingerprint([train_code_predictor, emodeca, presets, sampling, flame_model]),
+        "torch": torch.__version__.split("+")[0],
+        "device": renderer.flame.v_template.device.type,  # numerics differ between devices
+    }
+
+
+def cached_code_predictor(
+    renderer,
+    head: str,
+    device=None,
+    say: Callable[[str], None] | None = None,
+    settings: dict | None = None,
+) -> CodeSpacePredictor:
+    """The code-space predictor of :func:`train_code_predictor`, trained once and kept in
+    the user's cache (:mod:`emorig.edit.predictor_cache`); later calls load it."""
+    from emorig.edit.predictor_cache import cached_emodeca, entry_folder
+
+    settings = dict(CODE_PREDICTOR_SETTINGS if settings is None else settings)
+    key = code_predictor_key(renderer, head, settings)
+    trained = []
+
+    def train():
+        if say is not None:
+            say("training the code-space emotion predictor once (synthetic codes; cached)...")
+        trained.append(True)
+        return train_code_predictor(renderer, **settings).mlp
+
+    mlp = cached_emodeca("code-predictor", key, train, say=say, device=device)
+    if not trained and say is not None:
+        say(
+            f"using the cached code-space emotion predictor ({entry_folder('code-predictor', key)})"
+        )
+    info = {
+        "kind": "codes",
+        "head": head,
+        "settings": settings,
+        "cache": str(entry_folder("code-predictor", key)),
+        "trained_now": bool(trained),
+    }
+    return CodeSpacePredictor(mlp, info=info)
+
+
 def emotion_predictor(
     kind: str,
     renderer,
@@ -300,11 +369,13 @@ def emotion_predictor(
     recognizer: str | None,
     device,
     say: Callable[[str], None] | None = None,
+    cache: bool = True,
 ) -> CodePredictor:
-    """The predictor emotion edits and their evaluation use.
+    """The predictor emotion edits and their evaluation use; its ``info`` says which.
 
     Args:
-        kind: ``"codes"`` (an EmoDECA MLP trained here on built-in-head codes),
+        kind: ``"codes"`` (an EmoDECA MLP trained on built-in-head codes, once: see
+            :func:`cached_code_predictor`),
             ``"rendered"`` (``recognizer`` on renders of the code) or ``"auto"`` (codes on
             the built-in head, rendered otherwise).
         renderer: the head's renderer.
@@ -313,6 +384,7 @@ def emotion_predictor(
             ``rendered``.
         device: where the predictor runs.
         say: told when the code-space predictor is being trained.
+        cache: keep the code-space predictor in the user's cache (else train it here).
     """
     if kind == "auto":
         kind = "codes" if head == "builtin" else "rendered"
@@ -322,11 +394,21 @@ def emotion_predictor(
                 "the code-space emotion predictor is trained on built-in-head codes; use "
                 "--emotion-predictor rendered with --recognizer for FLAME heads"
             )
-        if say is not None:
-            say("training the code-space emotion predictor (synthetic codes)...")
-        return train_code_predictor(renderer).to(device)
+        if not cache:
+            if say is not None:
+                say("training the code-space emotion predictor (synthetic codes)...")
+            predictor = train_code_predictor(renderer, **CODE_PREDICTOR_SETTINGS).to(device)
+            predictor.info = {
+                "kind": "codes",
+                "head": head,
+                "settings": dict(CODE_PREDICTOR_SETTINGS),
+            }
+            return predictor
+        return cached_code_predictor(renderer, head, device, say)
     from emorig.emotion.recognizers import load_recognizer
 
     if recognizer is None:
         raise EmorigError("--emotion-predictor rendered needs --recognizer")
-    return RenderedPredictor(renderer, load_recognizer(recognizer, device=device))
+    predictor = RenderedPredictor(renderer, load_recognizer(recognizer, device=device))
+    predictor.info = {"kind": "rendered", "recognizer": recognizer}
+    return predictor
