@@ -147,6 +147,30 @@ def _oracle(editor, datasets, noise=0.0, seed=0):
     return reconstruct
 
 
+def test_identity_is_measured_against_the_encoders_reading_of_the_source(data, model, renderer):
+    """An encoder that reads every identity wrongly, but the same way for the same face, keeps
+    identity 1 (the source row is the source against itself); the code errors show the error."""
+    album, _, _ = data
+    ds = BufferDataset(album)
+    editor = RecordingEditor(model, renderer, timesteps="ddim2", seed=1)
+    exact = _oracle(editor, [ds])
+    n = ds.code([0]).shape.shape[1]
+    mix = torch.randn(n, n, generator=torch.Generator().manual_seed(3))
+
+    def misread(images, crops):
+        code = exact(images, crops)
+        return code.replace(shape=code.shape @ mix)
+
+    ev = evaluate_model(
+        model, ds, renderer=renderer, reconstruct=misread, editor=editor,
+        modes=("exp", "light"), pairs=3, batch_size=3,
+    )  # fmt: skip
+    for row in ev.errors:
+        assert row.identity.cosine >= 0.9, row.name
+    assert ev.row("source").identity.cosine == pytest.approx(1)
+    assert ev.row("source").identity.distance == pytest.approx(0, abs=1e-6)
+
+
 def test_pairs_are_deterministic_and_never_self_pairs():
     a = pick_pairs(5, 12, seed=3)
     assert a == pick_pairs(5, 12, seed=3)

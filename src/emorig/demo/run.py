@@ -221,19 +221,15 @@ def run_demo(cfg: DemoConfig, say: Say = print) -> DemoResult:
     """Run every stage; returns the report's path and per-stage seconds."""
     from emorig.data.dataset import BufferDataset
     from emorig.diffusion.pretrained import load_pretrained
-    from emorig.edit.emotion import (
-        EmotionTarget,
-        find_expression,
-        train_code_predictor,
-    )
-    from emorig.edit.pipeline import Editor, items_from_dataset, write_edits
+    from emorig.edit.emotion import cached_code_predictor
+    from emorig.edit.pipeline import Editor
     from emorig.flame.heads import load_head
     from emorig.render.face import FaceRenderer
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     clock = _Clock(say)
-    with clock.stage("building the built-in synthetic head"):
+    with clock.stage("loading the built-in synthetic head (built once, then cached)"):
         renderer = FaceRenderer(load_head("builtin")).to(cfg.device)
     with clock.stage("synthesising an album, target faces and a multi-view set"):
         data = _synth(cfg, out, renderer)
@@ -252,36 +248,18 @@ def run_demo(cfg: DemoConfig, say: Say = print) -> DemoResult:
         invert=True,
         invert_iterations=1 if cfg.fast else 2,
     )
-    edit_dir = out / "edits"
-    grids = []
     with clock.stage("editing expression, pose and light"):
-        for i in range(cfg.edit_sources):
-            source = items_from_dataset(album, [i])
-            target = items_from_dataset(targets, [i])
-            result = editor.edit(source, target, scored_mode_names())
-            grids += write_edits(result, source, target, edit_dir, with_reconstruction=True)
-    with clock.stage("training the code-space emotion predictor"):
-        predictor = train_code_predictor(renderer, steps=cfg.predictor_steps, seed=cfg.seed)
-    emotion_rows = []
+        grids = _edit_faces(cfg, editor, album, targets, out / "edits")
+    with clock.stage("training the code-space emotion predictor (cached after the first run)"):
+        settings = {
+            "steps": cfg.predictor_steps,
+            "batch_size": 128,
+            "seed": cfg.seed,
+            "hidden": 256,
+        }
+        predictor = cached_code_predictor(renderer, "builtin", settings=settings, say=say)
     with clock.stage("editing emotions"):
-        source = items_from_dataset(album, [0])
-        base = editor.source_code(source)
-        codes = []
-        for emotion in cfg.emotions:
-            target = EmotionTarget(emotion, 1.0)
-            start = predictor.search_start(base, target)
-            found = find_expression(base, predictor, target, start=start, steps=cfg.emotion_steps)
-            codes.append(found.code)
-        emotion_images = editor.sample_codes(source, codes)
-        levels = [k / (cfg.sweep - 1) for k in range(cfg.sweep)]
-        sweep_codes = []
-        for s in levels:
-            target = EmotionTarget("happy", s)
-            start = predictor.search_start(base, target)
-            found = find_expression(base, predictor, target, start=start, steps=cfg.emotion_steps)
-            sweep_codes.append(found.code)
-        sweep_images = editor.sample_codes(source, sweep_codes)
-        emotion_rows = (source, codes, emotion_images, levels, sweep_images)
+        emotion_rows = _edit_emotions(cfg, editor, album, predictor)
     with clock.stage("evaluating"):
         evaluation = _evaluate(cfg, editor, renderer, data, predictor)
     with clock.stage("writing the report"):
@@ -291,9 +269,52 @@ def run_demo(cfg: DemoConfig, say: Say = print) -> DemoResult:
     return DemoResult(report, total, dict(clock.marks))
 
 
+def _edit_faces(cfg: DemoConfig, editor, album, targets, edit_dir: Path) -> list[Path]:
+    """Every scored mode on the first album faces, each with its target; the grids."""
+    from emorig.edit.pipeline import items_from_dataset, write_edits
+    from emorig.progress import progress_bar
+
+    grids = []
+    bar = progress_bar(cfg.edit_sources, "editing", "face")
+    for i in range(cfg.edit_sources):
+        source = items_from_dataset(album, [i])
+        target = items_from_dataset(targets, [i])
+        result = editor.edit(source, target, scored_mode_names())
+        grids += write_edits(result, source, target, edit_dir, with_reconstruction=True)
+        bar.update(1)
+    bar.close()
+    return grids
+
+
+def _edit_emotions(cfg: DemoConfig, editor, album, predictor):
+    """Each emotion at full intensity, then a sweep of 'happy', on the first album face."""
+    from emorig.edit.emotion import EmotionTarget, find_expression
+    from emorig.edit.pipeline import items_from_dataset
+    from emorig.progress import progress_bar
+
+    source = items_from_dataset(album, [0])
+    base = editor.source_code(source)
+    levels = [k / (cfg.sweep - 1) for k in range(cfg.sweep)]
+    requests = [EmotionTarget(e, 1.0) for e in cfg.emotions]
+    requests += [EmotionTarget("happy", s) for s in levels]
+    bar = progress_bar(len(requests), "searching expressions", "emotion")
+    codes = []
+    for target in requests:
+        start = predictor.search_start(base, target)
+        codes.append(find_expression(base, predictor, target, start=start,
+                                     steps=cfg.emotion_steps).code)  # fmt: skip
+        bar.update(1)
+    bar.close()
+    n = len(cfg.emotions)
+    emotion_images = editor.sample_codes(source, codes[:n])
+    sweep_images = editor.sample_codes(source, codes[n:])
+    return source, codes[:n], emotion_images, levels, sweep_images
+
+
 def _evaluate(cfg, editor, renderer, data, predictor) -> Any:
     from emorig.data.dataset import BufferDataset
     from emorig.evaluate.protocol import evaluate_model
+    from emorig.progress import stage_progress
 
     return evaluate_model(
         editor.model,
@@ -307,6 +328,7 @@ def _evaluate(cfg, editor, renderer, data, predictor) -> Any:
         multiview=BufferDataset(data["multiview"]),
         pairs=cfg.eval_pairs,
         seed=cfg.seed,
+        progress=stage_progress(),
         steps=cfg.timesteps,
         invert=True,
         identity="shape",
@@ -362,7 +384,13 @@ def _report(cfg, out, data, stage2, grids, emotion_rows, evaluation, clock) -> P
         Section(
             "Personalisation (stage 2)",
             text=f"{cfg.personalise_steps} steps on the album from the shipped stage-1 model "
-            "(denoiser only; latent encoder frozen). Sample grids: buffer | image | sample.",
+            "(denoiser only; latent encoder frozen). The loss is the noise-prediction error at "
+            "timesteps drawn at random each step, so over so few steps it moves with the "
+            "timesteps drawn rather than trending down. The grid shows, per album face, the "
+            "Lambertian buffer, the training image and a DDIM sample started from pure noise: "
+            "the small model trained on a CPU does not make clean faces from noise alone (the "
+            "colour noise), which is why the edits below start from each face's DDIM "
+            "inversion instead.",
             plots=[
                 LinePlot(
                     [Series("loss", [r["step"] for r in losses], [r["loss"] for r in losses])],

@@ -214,6 +214,7 @@ class _Rows:
     reconstructed: list[FaceCode] = field(default_factory=list)
     emb_source: list[Tensor] = field(default_factory=list)
     emb_edit: list[Tensor] = field(default_factory=list)
+    source_shape: list[Tensor] = field(default_factory=list)
 
     def finish(self, name: str, kind: str, identity: str) -> ErrorRow:
         req, rec = _cat_codes(self.requested), _cat_codes(self.reconstructed)
@@ -221,7 +222,9 @@ class _Rows:
         errors = code_errors(req, rec)
         per_item = tuple(float(v) for v in _per_item(primary, req, rec))
         if identity == "shape":
-            s = shape_identity(req.shape, rec.shape)
+            # against the source image read by the same encoder, so that the encoder's own
+            # error (shown by the code errors) does not count as identity lost
+            s = shape_identity(torch.cat(self.source_shape), rec.shape)
             ident = IdentitySummary("shape", s.cosine, s.l2, None, req.batch_size)
         elif self.emb_edit:
             d = identity_similarity(torch.cat(self.emb_source), torch.cat(self.emb_edit))
@@ -463,18 +466,21 @@ def _edit_pairs(
         if identity == "dlib":
             emb_source = identity_embeddings(source.image, backend)
         base = editor.source_code(source).detach().to("cpu", torch.float32)
+        # the reconstructor's own floor: the data image against its stored code
+        seen = _reconstruct(reconstruct, source.image, crop)
+        acc["source"].requested.append(source.code.detach().to("cpu", torch.float32))
+        acc["source"].reconstructed.append(seen)
+        acc["source"].source_shape.append(seen.shape)
         outputs = {m: (result.codes[m], result.images[m]) for m in modes}
         outputs["unedited"] = (base, result.reconstruction)
         for name, (requested, images) in outputs.items():
             row = acc[name]
             row.requested.append(requested.detach().to("cpu", torch.float32))
             row.reconstructed.append(_reconstruct(reconstruct, images, crop))
+            row.source_shape.append(seen.shape)
             if emb_source is not None:
                 row.emb_source.append(emb_source)
                 row.emb_edit.append(identity_embeddings(images, backend))
-        # the reconstructor's own floor: the data image against its stored code
-        acc["source"].requested.append(source.code.detach().to("cpu", torch.float32))
-        acc["source"].reconstructed.append(_reconstruct(reconstruct, source.image, crop))
         if keep_edits:
             edits += [result.images[m].cpu() for m in modes]
         for i in range(len(chunk)):

@@ -644,6 +644,7 @@ svg.plot { font-size: 11px; font-family: system-ui, sans-serif; display: block;
 table.grid td { border: none; padding: 2px; text-align: center; vertical-align: middle; }
 table.grid th { background: none; border: none; font-weight: normal; font-size: 0.85em; }
 table.grid img { image-rendering: pixelated; display: block; }
+.gridwrap { max-width: 100%; overflow-x: auto; }
 .toc { columns: 2; }
 """
 
@@ -676,7 +677,7 @@ def _plot_html(plot: Plot) -> str:
 def _grid_html(grid: ImageGrid) -> str:
     if grid.is_empty:
         return _empty() + _caption(grid.caption)
-    parts = ['<table class="grid">']
+    parts = ['<div class="gridwrap"><table class="grid">']
     if grid.columns:
         parts.append("<tr><th></th>" + "".join(f"<th>{_esc(c)}</th>" for c in grid.columns))
         parts.append("</tr>")
@@ -688,7 +689,7 @@ def _grid_html(grid: ImageGrid) -> str:
             uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
             parts.append(f'<td><img src="{uri}" width="{shown}" alt="{_esc(row.label)}"></td>')
         parts.append("</tr>")
-    parts.append("</table>")
+    parts.append("</table></div>")  # wide grids scroll inside the page, never widen it
     return "".join(parts) + _caption(grid.caption)
 
 

@@ -13,6 +13,25 @@ __all__ = ["METRIC_LABELS", "evaluation_sections"]
 
 _SPREAD = "multi-view spread, lower is better"
 
+#: What each recorded setting means, for the setup table.
+SETTING_NOTES = {
+    "data": "the prepared folder the (source, target) pairs come from",
+    "items": "faces in it",
+    "head": "the head its codes belong to",
+    "data_reconstructor": "how its codes were made ('synthetic': known exactly, from the renders)",
+    "image_size": "side of the images, pixels",
+    "modes": "edit modes evaluated",
+    "pairs": "(source, target) pairs edited",
+    "seed": "seed of the pair choice and of the starting noise",
+    "steps": "DDIM respacing of every sampling",
+    "invert": "edits start from each source's DDIM inversion (else from one fixed noise)",
+    "identity": "identity measure: 'shape' codes (synthetic data) or 'dlib' descriptors",
+    "mean_shape": "the album's mean identity replaces each source's (DiffusionRig stage 2)",
+    "emotions": "emotions requested for the emotion-accuracy part, with their intensity",
+    "multiview": "the multi-view set of the consistency part",
+    "fid_network": "feature network of the FID part ('—': FID not measured)",
+}
+
 #: Labels of the :class:`~emorig.evaluate.metrics.CodeErrors` fields, in table order.
 METRIC_LABELS = {
     "expression_l2": "expression L2 (exp + jaw)",
@@ -64,11 +83,11 @@ def _setup_section(ev: Any) -> Section:
             "\n\nThe data are SYNTHETIC renders of the built-in procedural head; these numbers "
             "test the pipeline, not quality on real faces."
         )
-    settings_rows = [(k, _setting(v)) for k, v in s.items()]
+    settings_rows = [(k, _setting(v), SETTING_NOTES.get(k, "")) for k, v in s.items()]
     return Section(
         "Evaluation setup",
         setup,
-        tables=(Table(("setting", "value"), settings_rows),),
+        tables=(Table(("setting", "value", "meaning"), settings_rows),),
         synthetic=ev.synthetic,
     )
 
@@ -102,8 +121,11 @@ def _identity_section(ev: Any) -> Section:
     ident = ev.errors[0].identity.method if ev.errors else "shape"
     if ident == "shape":
         text = (
-            "Cosine similarity and L2 distance between the requested identity (shape code) "
-            "and the re-reconstructed one; 1 and 0 mean the identity was kept exactly."
+            "Cosine similarity and L2 distance between the identity (shape code) read from "
+            "each edit and the one read from the source image by the same encoder; 1 and 0 "
+            "mean the edit kept the identity as the encoder sees it. The 'source' row compares "
+            "the source image with itself (1 by construction); how far the encoder's reading is "
+            "from the true code is in the code errors above."
         )
         headers = ("row", "shape cosine", "shape L2", "n")
         id_rows = [(r.name, r.identity.cosine, r.identity.distance, r.identity.n)
@@ -203,8 +225,12 @@ def _examples_section(ev: Any) -> Section | None:
         return None
     grids = []
     for part, caption in (
-        ("edits", "source | target | one edit per mode | unedited sample"),
-        ("emotion", "source | one edit per requested emotion"),
+        (
+            "edits",
+            "rows: source item <- target item (names in the prepared folder); columns: "
+            "source | target | one edit per mode | unedited sample",
+        ),
+        ("emotion", "rows: source item; columns: source | one edit per requested emotion"),
         ("multiview", "the views of one group, then each with the same target expression"),
     ):
         chosen = [x for x in ev.examples if x.part == part]

@@ -51,11 +51,14 @@ def contact_sheet(
     column_labels: Sequence[str] | None = None,
     gap: int = 4,
 ) -> np.ndarray:
-    """Tile (H, W, 3) uint8 images into one labelled sheet (rows x columns)."""
+    """Tile (H, W, 3) uint8 images into one labelled sheet (rows x columns); columns are
+    widened where a label is wider than the images, so no label is cut."""
     h = max(im.shape[0] for row in rows for im in row)
     w = max(im.shape[1] for row in rows for im in row)
     n_cols = max(len(row) for row in rows)
     font = ImageFont.load_default()
+    if column_labels:
+        w = max(w, *(_text_width(font, t) + 4 for t in column_labels))
     left = 0 if not row_labels else 8 + max(_text_width(font, t) for t in row_labels)
     top = 0 if not column_labels else 18
     sheet = Image.new(

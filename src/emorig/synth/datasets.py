@@ -754,12 +754,13 @@ class _Stream:
 
 
 def _caption_tile(image: np.ndarray, text: str, size: int) -> np.ndarray:
+    """The image at ``size`` with ``text`` below it, widened so the text is never cut."""
+    font = ImageFont.load_default()
     tile = Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS)
-    out = Image.new("RGB", (size, size + 14), (24, 24, 24))
+    box = font.getbbox(text)
+    out = Image.new("RGB", (max(size, int(box[2] - box[0]) + 6), size + 14), (24, 24, 24))
     out.paste(tile, (0, 0))
-    ImageDraw.Draw(out).text(
-        (3, size + 1), text, fill=(230, 230, 230), font=ImageFont.load_default()
-    )
+    ImageDraw.Draw(out).text((3, size + 1), text, fill=(230, 230, 230), font=font)
     return np.asarray(out)
 
 
@@ -802,9 +803,12 @@ def _sheet(
         f"SYNTHETIC (built-in procedural head, not real people) - mode {config.mode}, "
         f"seed {config.seed}, {config.count} images at {config.size} px"
     )
-    out = Image.new("RGB", (sheet.width, sheet.height + 18), (24, 24, 24))
+    font = ImageFont.load_default()
+    box = font.getbbox(title)
+    width = max(sheet.width, int(box[2] - box[0]) + 8)  # the title is never cut
+    out = Image.new("RGB", (width, sheet.height + 18), (24, 24, 24))
     out.paste(sheet, (0, 18))
-    ImageDraw.Draw(out).text((4, 3), title, fill=(255, 210, 90), font=ImageFont.load_default())
+    ImageDraw.Draw(out).text((4, 3), title, fill=(255, 210, 90), font=font)
     return np.asarray(out)
 
 
