@@ -14,9 +14,8 @@ from emorig.errors import EmorigError
 from emorig.flame.builtin import builtin_head
 from emorig.render.face import FaceRenderer
 from emorig.synth.datasets import SynthDatasetConfig
-from emorig.synth.prepared import write_prepared
-from emorig.train.diffusion import RigTrainConfig, train_rig
 from emorig.types import FaceCode
+from rig_helpers import album, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -91,23 +90,8 @@ def test_recentre_keeps_the_face_in_place_under_pose_edits(renderer):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("edit")
-    data = root / "album"
-    write_prepared(
-        SynthDatasetConfig(mode="album", count=8, size=32, album_size=8, supersample=1), data
-    )
-    cfg = RigTrainConfig(
-        stage="stage1",
-        data=str(data),
-        out=str(root / "run"),
-        model="tiny",
-        steps=30,
-        batch_size=8,
-        lr=2e-3,
-        save_every=30,
-        sample_every=1000,
-        cpu=True,
-    )
-    return data, train_rig(cfg).model_folder
+    data = album(root / "album", 8)
+    return data, tiny_model(data, root / "run", steps=30, batch_size=8, lr=2e-3)
 
 
 def test_edit_smoke_and_inversion(trained, renderer):

@@ -119,28 +119,12 @@ def test_an_unwritable_cache_still_gives_a_predictor(renderer, counted, tmp_path
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny model on a tiny album (as in test_edit.py)."""
-    from emorig.synth.datasets import SynthDatasetConfig
-    from emorig.synth.prepared import write_prepared
-    from emorig.train.diffusion import RigTrainConfig, train_rig
+    """A tiny model on a tiny album."""
+    from rig_helpers import album, tiny_model
 
     root = tmp_path_factory.mktemp("edit")
-    data = root / "album"
-    write_prepared(
-        SynthDatasetConfig(mode="album", count=4, size=32, album_size=4, supersample=1), data
-    )
-    cfg = RigTrainConfig(
-        stage="stage1",
-        data=str(data),
-        out=str(root / "run"),
-        model="tiny",
-        steps=2,
-        batch_size=4,
-        save_every=2,
-        sample_every=1000,
-        cpu=True,
-    )
-    return data, train_rig(cfg).model_folder
+    data = album(root / "album", 4)
+    return data, tiny_model(data, root / "run", steps=2, batch_size=4)
 
 
 def test_edits_json_records_the_emotion_edit(trained, counted, tmp_path):

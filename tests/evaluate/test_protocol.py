@@ -29,8 +29,8 @@ from emorig.reconstruct.deca import DecaConfig, DecaModel
 from emorig.render.face import FaceRenderer
 from emorig.synth.datasets import SynthDatasetConfig
 from emorig.synth.prepared import write_prepared
-from emorig.train.diffusion import RigTrainConfig, train_rig
 from emorig.types import EMOTION_CLASSES, EmotionOutput, FaceCode
+from rig_helpers import album, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -41,27 +41,13 @@ def renderer():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
-    album, views = root / "album", root / "multiview"
-    write_prepared(
-        SynthDatasetConfig(mode="album", count=8, size=32, album_size=8, supersample=1), album
-    )
+    views = root / "multiview"
+    faces = album(root / "album", 8)
     write_prepared(
         SynthDatasetConfig(mode="multiview", count=6, views=3, size=32, supersample=1), views
     )
-    cfg = RigTrainConfig(
-        stage="stage1",
-        data=str(album),
-        out=str(root / "run"),
-        model="tiny",
-        steps=20,
-        batch_size=8,
-        lr=2e-3,
-        save_every=20,
-        sample_every=1000,
-        sample_steps="ddim3",
-        cpu=True,
-    )
-    return album, views, train_rig(cfg).model_folder
+    model = tiny_model(faces, root / "run", steps=20, batch_size=8, lr=2e-3, sample_steps="ddim3")
+    return faces, views, model
 
 
 @pytest.fixture(scope="module")

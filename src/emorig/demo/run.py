@@ -185,9 +185,21 @@ def _stage1(cfg: DemoConfig, out: Path, say: Say) -> Path:
 
 
 def _step_printer(say: Say, what: str, every: int = 50):
+    """A training ``progress(step, total, record)`` callback: a step bar (rate, time left) on
+    a terminal, and a line with the loss every ``every`` steps for logs."""
+    from emorig.progress import progress_bar
+
+    bars: list = []
+
     def progress(step: int, total: int, record: dict[str, float]) -> None:
+        if not bars:
+            bars.append(progress_bar(total, what, "step"))
+        bars[0].n = step
+        bars[0].refresh()
         if step % every == 0 or step == total:
             say(f"  {what}: step {step}/{total}, loss {record['loss']:.4f}")
+        if step == total:
+            bars[0].close()
 
     return progress
 
