@@ -63,6 +63,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from emorig.errors import EmorigError, short_reason
+from emorig.geometry.camera import DECA_CROP
 from emorig.io.atomic import atomic_write, is_disk_full
 from emorig.types import FaceCode, RenderBuffers
 
@@ -70,7 +71,7 @@ FORMAT = "emorig-prepared"
 VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MEAN_SHAPE_NAME = "mean_shape.safetensors"
-CROP_SIZE = 224
+CROP_SIZE = DECA_CROP
 #: DiffusionRig's conditioning buffers, in channel-concatenation order.
 CONDITION_NAMES = ("rendered", "normal", "albedo")
 #: Every stored buffer and its channel count (``mask`` is stored as uint8).

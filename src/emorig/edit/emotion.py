@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emorig.errors import EmorigError
+from emorig.geometry.camera import DECA_CROP
 from emorig.types import EMOTION_CLASSES, EmotionOutput, FaceCode
 
 __all__ = [
@@ -47,7 +48,7 @@ __all__ = [
     "train_code_predictor",
 ]
 
-CROP = 224
+CROP = DECA_CROP
 
 
 @dataclass(frozen=True)

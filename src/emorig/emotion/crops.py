@@ -7,9 +7,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from emorig.geometry.camera import DECA_CROP
+
 __all__ = ["CROP", "code_expression_input", "face_crops"]
 
-CROP = 224
+CROP = DECA_CROP
 
 
 def code_expression_input(code: dict[str, Tensor]) -> Tensor:

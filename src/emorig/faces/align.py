@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from emorig.geometry.camera import DECA_CROP
+
 # iBUG-68 index ranges
 LEFT_EYE = slice(36, 42)  # image left, i.e. the subject's right eye
 RIGHT_EYE = slice(42, 48)
@@ -23,7 +25,7 @@ MOUTH_LEFT, MOUTH_RIGHT = 48, 54
 
 DECA_BOX_GROW = 1.1
 DECA_SCALE = 1.25
-DECA_SIZE = 224
+DECA_SIZE = DECA_CROP
 
 
 def ffhq_quad(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+#: Side of DECA's face crop, pixels: the cameras of reconstructed codes live in it.
+DECA_CROP = 224
+
 
 def orthographic_project(points: Tensor, camera: Tensor) -> Tensor:
     """DECA's weak-perspective camera followed by its flip to screen space.

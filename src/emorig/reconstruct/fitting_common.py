@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from emorig.flame.model import FlameModel
-from emorig.geometry.camera import orthographic_project
+from emorig.geometry.camera import DECA_CROP, orthographic_project
 from emorig.types import FaceCode
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 #: Side of DECA's face crop in pixels; errors are reported in its pixels.
-CROP_SIZE = 224
+CROP_SIZE = DECA_CROP
 _PX_PER_NDC = CROP_SIZE / 2
 N_LANDMARKS = 68
 N_CONTOUR = 17

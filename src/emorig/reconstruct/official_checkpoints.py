@@ -357,6 +357,17 @@ def best_checkpoint(folder: Path, ckpt_dir: Path, obtain: str | None) -> Path:
     return best
 
 
+def lightning_state(ckpt: Path, obtain: str | None) -> Mapping[str, Any]:
+    """The ``state_dict`` of an EMOCA (PyTorch Lightning) ``.ckpt``, read safely."""
+    checkpoint = load_torch_file(ckpt, str(ckpt), obtain)
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise AssetError(
+            str(ckpt), "is not a PyTorch Lightning checkpoint (no 'state_dict')", obtain
+        )
+    return state
+
+
 def find_emoca_checkpoint(folder: str | os.PathLike[str]) -> Path:
     """The checkpoint of an EMOCA model folder (``detail/checkpoints``), picked by
     :func:`best_checkpoint`."""
@@ -399,12 +410,7 @@ def load_emoca(folder: str | os.PathLike[str]) -> DecaModel:
     config = emoca_config_from_yaml(cfg_path)
     ckpt = find_emoca_checkpoint(folder)
     source = str(ckpt)
-    checkpoint = load_torch_file(ckpt, source, _emoca_obtain())
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
-    if not isinstance(state, Mapping):
-        raise AssetError(
-            source, "is not a PyTorch Lightning checkpoint (no 'state_dict')", _emoca_obtain()
-        )
+    state = lightning_state(ckpt, _emoca_obtain())
     tensors = {k: v for k, v in state.items() if not _emoca_filter(k)}
     model = EmocaModel(config) if isinstance(config, EmocaConfig) else DecaModel(config)
     prefixes = (

@@ -17,7 +17,7 @@ from emorig.errors import EmorigError, short_reason
 from emorig.faces.align import transform_points
 from emorig.faces.pipeline import AlignedFace, FaceAligner
 from emorig.flame.data import HeadAssets
-from emorig.geometry.camera import ndc_to_pixels, pixels_to_ndc
+from emorig.geometry.camera import DECA_CROP, ndc_to_pixels, pixels_to_ndc
 from emorig.io.atomic import atomic_write, save_npz_atomic
 from emorig.io.images import ImageReadError, LoadedImage, read_image, save_png
 from emorig.io.obj import write_obj
@@ -27,7 +27,7 @@ from emorig.reconstruct.encoders import encoder_spec
 from emorig.render.face import FaceRenderer
 from emorig.types import FaceCode
 
-CROP = 224
+CROP = DECA_CROP
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,14 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from emorig.geometry.camera import CropTransform
+from emorig.geometry.camera import DECA_CROP, CropTransform
 from emorig.render.face import FaceRenderer
 from emorig.types import FaceCode, RenderBuffers
 
 __all__ = ["CROP_SIZE", "render_conditions"]
 
 #: DECA's crop side: the cameras of reconstructed codes are in its pixels.
-CROP_SIZE = 224
+CROP_SIZE = DECA_CROP
 
 
 @torch.no_grad()

@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
+from emorig.data.dataset import MANIFEST_NAME, MEAN_SHAPE_NAME
 from emorig.errors import EmorigError
 from emorig.io.atomic import atomic_write
 
@@ -117,7 +119,7 @@ def data_fingerprint(folder: str | os.PathLike[str]) -> str | None:
     which the manifest only names. Cached by the manifest's path, size and mtime.
     """
     root = Path(folder).expanduser()
-    manifest = root / "manifest.json"
+    manifest = root / MANIFEST_NAME
     try:
         stat = manifest.stat()
     except OSError:
@@ -129,7 +131,7 @@ def data_fingerprint(folder: str | os.PathLike[str]) -> str | None:
         except (OSError, ValueError):
             return None
         digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8"))
-        mean_shape = root / "mean_shape.safetensors"
+        mean_shape = root / MEAN_SHAPE_NAME
         if mean_shape.is_file():
             digest.update(mean_shape.read_bytes())
         _FINGERPRINTS[key] = f"manifest:{digest.hexdigest()}"
@@ -188,9 +190,11 @@ def save_checkpoint(
     state: dict[str, Any],
     config: Any,
     keep: int = 2,
+    scaler=None,
 ) -> Path:
     """Write ``state`` (model/optimizer state dicts, counters, generators) with the run's
-    ``config`` and the global RNG states; keep the ``keep`` newest checkpoints.
+    ``config``, the global RNG states and a mixed-precision ``scaler``'s state (fp16's loss
+    scale, which :func:`resume_run` restores); keep the ``keep`` newest checkpoints.
 
     ``config`` is the run's config dataclass (with ``to_dict``; its :func:`run_identity` is
     stored too, so the run is recognised wherever its files move) or a plain dict."""
@@ -200,6 +204,8 @@ def save_checkpoint(
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         extra["identity"] = json.dumps(run_identity(config), sort_keys=True)
         config = config.to_dict()
+    if scaler is not None:
+        extra["scaler"] = scaler.state_dict()
     payload = {
         "format": FORMAT,
         "step": step,
@@ -333,6 +339,26 @@ def resume_run(
 
 #: The training loops' logs: one JSON record with a ``step`` per line.
 LOG_NAMES = ("losses.jsonl", "log.jsonl")
+
+
+def append_log(out: str | os.PathLike[str], record: dict[str, Any], name: str = LOG_NAMES[0]):
+    """Append ``record`` (with its ``step``) as one JSON line to the run's log ``name``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / name, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def optimise(accelerator, optimizer, loss: Tensor, step: int, params=None, grad_clip: float = 0):
+    """One optimiser update from ``loss``: refused when the loss is not finite, gradients
+    clipped to ``grad_clip`` (0: off) over ``params``."""
+    if not torch.isfinite(loss):
+        raise EmorigError(f"step {step}: the loss is {float(loss)}; lower --lr or check data")
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    if grad_clip:
+        accelerator.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
 
 
 def trim_logs(out: str | os.PathLike[str], step: int) -> None:

@@ -39,7 +39,7 @@ from emorig.diffusion.pipeline import RigPipeline
 from emorig.diffusion.schedule import epsilon_loss
 from emorig.errors import EmorigError
 from emorig.io.atomic import atomic_write
-from emorig.train.checkpoint import resume_run, save_checkpoint
+from emorig.train.checkpoint import append_log, optimise, resume_run, save_checkpoint
 
 __all__ = [
     "STAGE_DEFAULTS",
@@ -378,13 +378,7 @@ def _step(run: _Run, step: int) -> dict[str, float]:
         }
         terms.update(run.emo.losses(batch, x_t, t, eps, run.pipeline))
         loss = sum(terms.values())
-    if not torch.isfinite(loss):
-        raise EmorigError(f"step {step}: the loss is {float(loss)}; lower --lr or check data")
-    run.optimizer.zero_grad(set_to_none=True)
-    accelerator.backward(loss)
-    if cfg.grad_clip:
-        accelerator.clip_grad_norm_(run.trainable, cfg.grad_clip)
-    run.optimizer.step()
+    optimise(accelerator, run.optimizer, loss, step, run.trainable, cfg.grad_clip)
     if run.ema is not None:
         _ema_update(run.ema, run.raw, cfg.ema)
     return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
@@ -395,9 +389,7 @@ def _after_step(run: _Run, done: int, end: int, last: dict[str, float], progress
     process only); returns the checkpoint written, if any."""
     cfg, out = run.cfg, run.out
     if done % cfg.log_every == 0 or done == end:
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "losses.jsonl", "a") as f:
-            f.write(json.dumps({"step": done, **last}) + "\n")
+        append_log(out, {"step": done, **last})
     if progress is not None:
         progress(done, run.steps, last)
     if done % cfg.sample_every == 0 or done == run.steps:
@@ -407,10 +399,10 @@ def _after_step(run: _Run, done: int, end: int, last: dict[str, float], progress
         train_mode(run.raw)
     if done % cfg.save_every == 0 or done == end:
         extra = {} if run.ema is None else {"ema": run.ema}
-        if run.accelerator.scaler is not None:  # fp16's loss scale, for an exact resume
-            extra["scaler"] = run.accelerator.scaler.state_dict()
         payload = {"model": run.raw.state_dict(), "optimizer": run.optimizer.state_dict()}
-        return save_checkpoint(out, done, {**payload, **extra}, cfg, keep=cfg.keep)
+        return save_checkpoint(
+            out, done, {**payload, **extra}, cfg, keep=cfg.keep, scaler=run.accelerator.scaler
+        )
     return None
 
 

@@ -50,7 +50,7 @@ from emorig.emotion.recognizers import (
 from emorig.errors import EmorigError
 from emorig.io.atomic import atomic_write
 from emorig.io.images import ImageReadError, read_image
-from emorig.train.checkpoint import resume_run, save_checkpoint
+from emorig.train.checkpoint import append_log, optimise, resume_run, save_checkpoint
 from emorig.types import EMOTION_CLASSES
 
 __all__ = ["EmotionSet", "EmotionTrainConfig", "EmotionTrainResult", "train_emotion"]
@@ -502,11 +502,7 @@ def _train_step(cfg: EmotionTrainConfig, run: _EmotionRun) -> dict[str, Any]:
     has_va = data.has_va[idx]
     with accelerator.autocast():
         _, loss, parts = _loss(run.model, images, labels, va, has_va, g, cfg.va_scheme, True)
-    if not torch.isfinite(loss):
-        raise EmorigError(f"step {step}: the loss is {float(loss)}; lower --lr or check data")
-    run.optimizer.zero_grad(set_to_none=True)
-    accelerator.backward(loss)
-    run.optimizer.step()
+    optimise(accelerator, run.optimizer, loss, step)
     run.step = step = step + 1
     return {"step": step, "loss": float(loss.detach()), **parts}
 
@@ -533,15 +529,11 @@ def _log_and_save(
 ) -> None:
     """Append the record to ``log.jsonl``, report it, and save a checkpoint when due."""
     out, step = Path(cfg.out), run.step
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "log.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_log(out, record, "log.jsonl")
     if progress is not None:
         progress(step, cfg.steps, record)
     if step % cfg.save_every == 0 or step == end or run.stopped:
         extra = {} if run.best_state is None else {"best_model": run.best_state}
-        if run.accelerator.scaler is not None:  # fp16's loss scale, for an exact resume
-            extra["scaler"] = run.accelerator.scaler.state_dict()
         save_checkpoint(
             out,
             step,
@@ -556,6 +548,7 @@ def _log_and_save(
             },
             cfg,
             keep=cfg.keep,
+            scaler=run.accelerator.scaler,
         )
 
 

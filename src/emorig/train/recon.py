@@ -46,7 +46,7 @@ from emorig.reconstruct.emoca import EmocaConfig, EmocaModel
 from emorig.render.face import FaceRenderer
 from emorig.render.shading import sh_shading
 from emorig.synth.sampling import SynthConfig, synthetic_batch
-from emorig.train.checkpoint import resume_run, save_checkpoint
+from emorig.train.checkpoint import append_log, optimise, resume_run, save_checkpoint
 from emorig.types import FaceCode
 
 STAGES = ("synthetic", "pretrain", "coarse", "detail", "emoca")
@@ -697,13 +697,7 @@ def _train_step(
         else:
             terms = coarse_losses(cfg, raw, renderer, batch, weights, nets, run.face_eye, g)
         loss = sum(terms.values())
-    if not torch.isfinite(loss):
-        raise EmorigError(f"step {step}: the loss is {float(loss)}; lower --lr or check data")
-    run.optimizer.zero_grad(set_to_none=True)
-    accelerator.backward(loss)
-    if cfg.grad_clip:
-        accelerator.clip_grad_norm_(run.trainable, cfg.grad_clip)
-    run.optimizer.step()
+    optimise(accelerator, run.optimizer, loss, step, run.trainable, cfg.grad_clip)
     return batch, {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
 
 
@@ -720,18 +714,14 @@ def _log_and_save(
     written, if any."""
     out = Path(cfg.out)
     if done % cfg.log_every == 0 or done == end:
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "losses.jsonl", "a") as f:
-            f.write(json.dumps({"step": done, **last}) + "\n")
+        append_log(out, {"step": done, **last})
     if progress is not None:
         progress(done, cfg.steps, last)
     if done % cfg.sample_every == 0 or done == cfg.steps:
         write_samples(run.raw, run.renderer, batch, out / "samples" / f"step-{done:08d}.png")
     if done % cfg.save_every == 0 or done == end:
         state = {"model": run.raw.state_dict(), "optimizer": run.optimizer.state_dict()}
-        if run.accelerator.scaler is not None:  # fp16's loss scale, for an exact resume
-            state["scaler"] = run.accelerator.scaler.state_dict()
-        return save_checkpoint(out, done, state, cfg, keep=cfg.keep)
+        return save_checkpoint(out, done, state, cfg, keep=cfg.keep, scaler=run.accelerator.scaler)
     return None
 
 
