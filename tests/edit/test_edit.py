@@ -125,6 +125,12 @@ def test_the_mode_registry_drives_editor_and_evaluation(trained, renderer, monke
 
     assert PRIMARY_METRIC == {"pose": "pose_deg", "exp": "expression_l2", "light": "light_rmse"}
     assert edit_mode("emotion").target == "emotion"
+    from emorig.evaluate.metrics import EmotionAccuracy
+
+    assert edit_mode("emotion").metric in EmotionAccuracy.__dataclass_fields__
+    assert edit_mode("emotion").search is not None
+    with pytest.raises(EmorigError, match="needs a search"):
+        register_edit_mode(EditMode("mood", "no search", target="emotion"))
     with pytest.raises(EmorigError, match="takes no target face"):
         edit_mode("emotion").apply(_codes(1), _codes(1))
     with pytest.raises(EmorigError, match="exists already"):

@@ -329,14 +329,11 @@ def _emotion_edit(editor, predictor, source, emotion, args, out: Path) -> list[P
     NAME_EMOTION.png, NAME_EMOTION_grid.png and NAME_EMOTION_sweep.png."""
     import dataclasses
 
-    from emorig.edit.emotion import find_expression
+    from emorig.edit.modes import edit_mode
     from emorig.io.images import contact_sheet, save_png, to_uint8
 
     code = editor.source_code(source)
-
-    def search(target):
-        start = predictor.search_start(code, target)
-        return find_expression(code, predictor, target, start=start)
+    search = edit_mode("emotion").search
 
     levels = [emotion]
     if args.sweep and args.sweep > 1:
@@ -344,7 +341,7 @@ def _emotion_edit(editor, predictor, source, emotion, args, out: Path) -> list[P
             dataclasses.replace(emotion, intensity=emotion.intensity * k / (args.sweep - 1))
             for k in range(args.sweep)
         ]
-    codes = [search(t).code for t in levels]  # the last is the requested edit
+    codes = [search(code, predictor, t) for t in levels]  # the last is the requested edit
     images = editor.sample_codes(source, codes)
     own = editor.buffers(code, source.crop_transform)[:, :3].clamp(0, 1)
     edited = editor.buffers(codes[-1], source.crop_transform)[:, :3].clamp(0, 1)

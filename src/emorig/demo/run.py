@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emorig.edit.modes import scored_mode_names
+from emorig.edit.modes import edit_mode, scored_mode_names
 from emorig.weights import STAGE1_NAME, packaged_weights
 
 __all__ = ["DEMO_SIZE", "DemoConfig", "DemoResult", "encoder_reconstruct", "run_demo"]
@@ -300,7 +300,7 @@ def _edit_faces(cfg: DemoConfig, editor, album, targets, edit_dir: Path) -> list
 
 def _edit_emotions(cfg: DemoConfig, editor, album, predictor):
     """Each emotion at full intensity, then a sweep of 'happy', on the first album face."""
-    from emorig.edit.emotion import EmotionTarget, find_expression
+    from emorig.edit.emotion import EmotionTarget
     from emorig.edit.pipeline import items_from_dataset
     from emorig.progress import progress_bar
 
@@ -311,10 +311,9 @@ def _edit_emotions(cfg: DemoConfig, editor, album, predictor):
     requests += [EmotionTarget("happy", s) for s in levels]
     bar = progress_bar(len(requests), "searching expressions", "emotion")
     codes = []
+    search = edit_mode("emotion").search
     for target in requests:
-        start = predictor.search_start(base, target)
-        codes.append(find_expression(base, predictor, target, start=start,
-                                     steps=cfg.emotion_steps).code)  # fmt: skip
+        codes.append(search(base, predictor, target, cfg.emotion_steps))
         bar.update(1)
     bar.close()
     n = len(cfg.emotions)

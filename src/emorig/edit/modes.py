@@ -27,6 +27,7 @@ __all__ = [
     "EDIT_MODES",
     "EditMode",
     "edit_mode",
+    "face_metrics",
     "face_mode_names",
     "mode_names",
     "parse_modes",
@@ -48,8 +49,12 @@ class EditMode:
         target: ``"face"`` (parameters come from a target face) or ``"emotion"`` (a
             requested emotion; the code is searched, see :mod:`emorig.edit.emotion`).
         change: the code operation of a face mode (None for ``emotion``).
-        metric: the :class:`~emorig.evaluate.metrics.CodeErrors` field the mode is judged by,
-            or None when no code error measures it (``latent``).
+        search: the code operation of an emotion mode: ``search(code, predictor, target,
+            steps) -> FaceCode`` (None for face modes).
+        metric: what the mode is judged by: for face modes the
+            :class:`~emorig.evaluate.metrics.CodeErrors` field (None when no code error
+            measures it: ``latent``), for ``emotion`` the
+            :class:`~emorig.evaluate.metrics.EmotionAccuracy` field.
         recentre: move the edited head back to where the source's face was.
         target_latent: sample with the target image's global latent.
         shows_target: the image that shows the wanted expression is the target's (what an
@@ -60,6 +65,7 @@ class EditMode:
     summary: str
     target: str = "face"
     change: CodeChange | None = None
+    search: Callable[..., FaceCode] | None = None
     metric: str | None = None
     recentre: bool = False
     target_latent: bool = False
@@ -103,6 +109,15 @@ def _nothing(source: FaceCode, target: FaceCode) -> FaceCode:
     return source
 
 
+def _emotion_search(code: FaceCode, predictor, target, steps: int = 150) -> FaceCode:
+    """The expression and jaw of ``code`` searched for the requested emotion, from where the
+    predictor says to start (:func:`emorig.edit.emotion.find_expression`)."""
+    from emorig.edit.emotion import find_expression
+
+    start = predictor.search_start(code, target)
+    return find_expression(code, predictor, target, steps=steps, start=start).code
+
+
 #: Every mode by name, in DiffusionRig's order, then DiffusionRig-EMO's.
 EDIT_MODES: dict[str, EditMode] = {
     m.name: m
@@ -116,7 +131,7 @@ EDIT_MODES: dict[str, EditMode] = {
         EditMode("latent", "appearance (global latent) of the target image", change=_nothing,
                  target_latent=True),
         EditMode("emotion", "expression and jaw found for a requested emotion",
-                 target="emotion"),
+                 target="emotion", search=_emotion_search, metric="accuracy"),
     )
 }  # fmt: skip
 
@@ -127,6 +142,8 @@ def register_edit_mode(mode: EditMode) -> None:
         raise EmorigError(f"edit mode '{mode.name}' exists already")
     if mode.target == "face" and mode.change is None:
         raise EmorigError(f"edit mode '{mode.name}': a face mode needs a code change")
+    if mode.target == "emotion" and mode.search is None:
+        raise EmorigError(f"edit mode '{mode.name}': an emotion mode needs a search")
     EDIT_MODES[mode.name] = mode
 
 
@@ -140,9 +157,14 @@ def face_mode_names() -> tuple[str, ...]:
     return tuple(name for name, m in EDIT_MODES.items() if m.target == "face")
 
 
+def face_metrics() -> dict[str, str]:
+    """Each face mode's :class:`~emorig.evaluate.metrics.CodeErrors` field, where it has one."""
+    return {n: m.metric for n, m in EDIT_MODES.items() if m.target == "face" and m.metric}
+
+
 def scored_mode_names() -> tuple[str, ...]:
     """The face modes a code error judges (what the demo and the ablation evaluate)."""
-    return tuple(n for n, m in EDIT_MODES.items() if m.target == "face" and m.metric is not None)
+    return tuple(face_metrics())
 
 
 def edit_mode(name: str) -> EditMode:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from emorig.edit.modes import EDIT_MODES, face_mode_names
+from emorig.edit.modes import edit_mode, face_metrics, face_mode_names
 from emorig.edit.pipeline import Editor, items_from_dataset
 from emorig.errors import EmorigError
 from emorig.evaluate.metrics import (
@@ -91,7 +91,7 @@ Progress = Callable[[str, int, int], None]
 
 #: The metric (a :class:`~emorig.evaluate.metrics.CodeErrors` field) each mode is judged by,
 #: from :data:`~emorig.edit.modes.EDIT_MODES`.
-PRIMARY_METRIC = {name: m.metric for name, m in EDIT_MODES.items() if m.metric is not None}
+PRIMARY_METRIC = face_metrics()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,7 +509,6 @@ def _emotion_part(
     editor, ds, sources, targets, predictor, reconstruct, batch_size, steps, n_examples,
     progress,
 ):  # fmt: skip
-    from emorig.edit.emotion import find_expression
 
     dev = editor.device
     requested_cls, from_edit, from_request = [], [], []
@@ -518,10 +517,8 @@ def _emotion_part(
     for chunk in _chunks(sources, batch_size):
         source = items_from_dataset(ds, list(chunk))
         code = editor.source_code(source)
-        found = []
-        for t in targets:
-            start = predictor.search_start(code, t)
-            found.append(find_expression(code, predictor, t, steps=steps, start=start).code)
+        search = edit_mode("emotion").search
+        found = [search(code, predictor, t, steps) for t in targets]
         images = editor.sample_codes(source, found)
         for t, c, im in zip(targets, found, images, strict=True):
             rec = _reconstruct(reconstruct, im, source.crop_transform)
