@@ -106,3 +106,45 @@ def test_usage_errors(tmp_path, capsys):
     assert "argument --size: 8: choose an image size in pixels from 16 to 4096" in (
         capsys.readouterr().err
     )
+
+
+def test_detector_choice_is_recorded_and_summarised(photo_folder, tmp_path, capsys):
+    pytest.importorskip("mediapipe")
+    for detector in ("dlib", "mediapipe", "both"):
+        out = tmp_path / detector
+        photo = str(photo_folder / "astronaut.png")
+        code = main(["align", photo, str(out), "--detector", detector])
+        assert code == 0
+        meta = json.loads((out / "astronaut.json").read_text())
+        expected = "mediapipe" if detector == "mediapipe" else "dlib"
+        assert meta["detector"] == expected
+        assert meta["landmarker"] in ("dlib-68", "mediapipe-mesh-68")
+        assert f"found by {expected} 1" in capsys.readouterr().out
+
+
+def test_one_line_for_each_bad_case(photo_folder, tmp_path, capsys):
+    a = skimage_data.astronaut()
+    Image.fromarray(a).resize((160, 160)).save(photo_folder / "small.png")
+    code = main(["align", str(photo_folder), str(tmp_path / "out"), "--size", "256"])
+    captured = capsys.readouterr()
+    assert code == 1
+    lines = captured.err.strip().splitlines()
+    assert not any("Traceback" in line for line in lines)
+    assert any("wall.png: no face found" in line for line in lines)
+    assert any("notes.txt: not an image" in line for line in lines)
+    (several,) = [line for line in lines if "two.png" in line]
+    assert several.startswith("note: ")
+    assert "2 faces: kept the largest" in several
+    assert "--all-faces keeps each" in several
+    (small,) = [line for line in lines if "small.png" in line]
+    assert small.startswith("note: ")
+    assert "small face" in small
+    assert "results will be blurry" in small
+
+
+def test_an_unknown_detector_is_one_line(photo_folder, tmp_path, capsys):
+    code = main(["align", str(photo_folder), str(tmp_path / "out"), "--detector", "opencv"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().count("\n") == 0
+    assert "unknown face detector 'opencv'; available: auto, both, dlib, mediapipe" in err

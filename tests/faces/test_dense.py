@@ -9,7 +9,8 @@ from emorig.faces.pipeline import FaceAligner
 
 def test_mediapipe_dense_landmarks_agree_with_dlib(astronaut):
     dense = load_backend("mediapipe")
-    assert dense.landmarks68 is None
+    assert dense.dense is not None
+    assert dense.landmarks68.n_points == 68  # the mesh checks dlib's predictor
     aligner = FaceAligner(size=256, dense="mediapipe")
     face = aligner.align(astronaut)[0][0]
     assert face.dense.shape == (478, 2)
@@ -21,4 +22,5 @@ def test_mediapipe_dense_landmarks_agree_with_dlib(astronaut):
     # its own detector finds the same face
     boxes = dense.detector.detect(astronaut)
     assert len(boxes) == 1
+    assert boxes[0].detector == "mediapipe"
     assert abs(boxes[0].box[0] - face.detection.box[0]) < 40

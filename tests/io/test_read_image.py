@@ -129,3 +129,76 @@ def test_truncated_missing_and_folder(tmp_path, photo):
         read_image(tmp_path / "nope.png")
     with pytest.raises(ImageReadError, match="is a folder"):
         read_image(tmp_path)
+
+
+def test_cmyk_jpeg_keeps_its_colours(tmp_path, photo):
+    # PIL writes an Adobe CMYK JPEG (inverted ink values), as Photoshop does
+    Image.fromarray(photo).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    img = read_image(tmp_path / "cmyk.jpg")
+    assert img.mode == "CMYK"
+    assert img.pixels.dtype == np.uint8
+    assert img.pixels.shape == (40, 60, 3)
+    assert np.abs(img.pixels.astype(int) - photo).mean() < 6
+
+
+def test_grey_alpha_palette_and_rgba_become_rgb(tmp_path, photo):
+    grey = Image.fromarray(photo).convert("L")
+    la = Image.merge("LA", [grey, Image.new("L", grey.size, 255)])
+    la.save(tmp_path / "la.png")
+    img = read_image(tmp_path / "la.png")
+    assert img.pixels.shape == (40, 60, 3)
+    assert np.array_equal(img.pixels[..., 0], np.asarray(grey))
+    Image.fromarray(photo).quantize(16).save(tmp_path / "p.png")
+    img = read_image(tmp_path / "p.png")
+    assert img.mode == "P"
+    assert np.abs(img.pixels.astype(int) - photo).mean() < 8
+    rgba = np.concatenate([photo, np.full((40, 60, 1), 255, np.uint8)], -1)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    assert np.array_equal(read_image(tmp_path / "rgba.png").pixels, photo)
+
+
+def _png_16bit_rgb(pixels: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG (PIL does not write them): big-endian samples, filter 0 rows."""
+    h, w, _ = pixels.shape
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_16_bit_images_are_scaled_not_clipped_or_stretched(tmp_path, photo):
+    # a dark 16-bit grey photo stays dark: 1000 of 65535 is 4 of 255
+    dark = np.linspace(0, 1000, 40 * 60).reshape(40, 60).astype(np.uint16)
+    Image.fromarray(dark).save(tmp_path / "dark16.png")
+    img = read_image(tmp_path / "dark16.png")
+    assert img.mode.startswith("I")
+    assert img.pixels.max() == 4
+    # a bright one is not clipped at 255
+    bright = (dark.astype(np.uint32) * 60 + 5000).astype(np.uint16)
+    Image.fromarray(bright).save(tmp_path / "bright16.png")
+    img = read_image(tmp_path / "bright16.png")
+    expected = (bright.astype(np.float64) / 65535 * 255 + 0.5).astype(np.uint8)
+    assert np.abs(img.pixels[..., 0].astype(int) - expected).max() <= 1
+    assert len(np.unique(img.pixels)) > 200
+    # 16-bit colour: the colours of the 8-bit photo, times 257
+    (tmp_path / "rgb16.png").write_bytes(_png_16bit_rgb(photo.astype(np.uint16) * 257))
+    img = read_image(tmp_path / "rgb16.png")
+    assert img.pixels.dtype == np.uint8
+    assert np.abs(img.pixels.astype(int) - photo).max() <= 1
+
+
+def test_32_bit_integers_in_16_bit_range_are_16_bit(tmp_path):
+    values = np.linspace(0, 32768, 40 * 60).reshape(40, 60).astype(np.int32)
+    Image.fromarray(values, "I").save(tmp_path / "i32.tif")
+    img = read_image(tmp_path / "i32.tif")
+    assert img.mode == "I"
+    assert abs(int(img.pixels.max()) - 128) <= 1

@@ -27,9 +27,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help=HELP,
         description="Align every face photo in IN (a file, or a folder searched recursively) "
         "into OUT: one PNG per face, a JSON beside it (landmarks in the aligned and the "
-        "original image, the 3x3 transform back to the original, detector box and score) and, "
-        "with --preview, the photo with landmarks and crop drawn. Faces are found offline with "
-        "dlib (HOG detector, iBUG 68-point predictor from the face-recognition-models package).",
+        "original image, the 3x3 transform back to the original, detector box, score and name) "
+        "and, with --preview, the photo with landmarks and crop drawn. Faces are found offline "
+        "with dlib (HOG detector: frontal faces; iBUG 68-point predictor) and, when the "
+        "MediaPipe extra is installed, MediaPipe's full-range detector for the turned, tilted "
+        "and covered faces dlib misses (pip install 'emorig[mediapipe]').",
         epilog="Exit status: 0 when every file gave a face, 1 when some had no face or could "
         "not be read (each is listed with its reason), 2 on a usage error.",
     )
@@ -49,13 +51,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     options.add_all_faces(p)
     p.add_argument("--preview", action="store_true", help="also write NAME.preview.png")
-    p.add_argument("--backend", default="dlib", help="face backend (dlib)")
+    p.add_argument(
+        "--detector",
+        "--backend",
+        dest="detector",
+        default="auto",
+        metavar="{auto,dlib,mediapipe,both}",
+        help="face detector: dlib (frontal faces), mediapipe (turned and covered faces too), "
+        "both (dlib's faces plus MediaPipe's others); auto (default): both when MediaPipe is "
+        "installed, else dlib",
+    )
     p.add_argument(
         "--min-score",
         type=options.finite_float,
         default=None,
         help="dlib detector score a face needs (default 0.3; portraits score 0.5 to 2, "
-        "clutter below 0.2)",
+        "clutter below 0.2); with --detector mediapipe, MediaPipe's probability (default 0.5)",
     )
     p.add_argument(
         "--dense",
@@ -83,7 +94,7 @@ def cmd_align(args: argparse.Namespace) -> int:
         raise EmorigError(f"{out}: OUT is a folder (aligned images are written inside it)")
     backend_options = {} if args.min_score is None else {"min_score": args.min_score}
     aligner = FaceAligner(
-        backend=load_backend(args.backend, **backend_options),
+        backend=load_backend(args.detector, **backend_options),
         size=args.size,
         mode=args.mode,
         all_faces=args.all_faces,
@@ -98,6 +109,8 @@ def cmd_align(args: argparse.Namespace) -> int:
         if r.status != DONE:
             level = "note" if r.status == SEVERAL else r.status
             print(f"{level}: {r.path}: {r.reason}", file=sys.stderr)
+        for note in r.notes:
+            print(f"note: {r.path}: {note}", file=sys.stderr)
     more = f" ({entries_skipped(skipped)})" if skipped else ""
     print(summarise(results) + f"{more} -> {out}")
     failed = [r for r in results if r.status not in (DONE, SEVERAL)]

@@ -87,7 +87,7 @@ class DlibDetector:
     def _run(self, image: np.ndarray, upsample: int) -> list[Detection]:
         rects, scores, _ = self._detector.run(np.ascontiguousarray(image), upsample, 0.0)
         out = [
-            Detection((r.left(), r.top(), r.right() + 1.0, r.bottom() + 1.0), float(s))
+            Detection((r.left(), r.top(), r.right() + 1.0, r.bottom() + 1.0), float(s), "dlib")
             for r, s in zip(rects, scores, strict=True)
             if s >= self.min_score
         ]

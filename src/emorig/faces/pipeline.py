@@ -1,4 +1,12 @@
-"""Photo -> detected, landmarked and aligned faces; files and folders in batch."""
+"""Photo -> detected, landmarked and aligned faces; files and folders in batch.
+
+The detector is chosen by name (:mod:`emorig.faces.backends`: ``"auto"`` by default, dlib and
+MediaPipe together when the extra is installed); each face records which detector found it
+(``Detection.detector``) and which model placed its landmarks (``AlignedFace.landmarker``),
+both written to its JSON. A face that the crop enlarges more than :data:`SMALL_FACE_UPSCALE`
+times is aligned with a note (a :class:`SmallFaceNote` warning; :meth:`FaceAligner.align_file`
+keeps it in ``AlignResult.notes``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ import errno
 import json
 import os
 import stat
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +27,7 @@ from torch import Tensor
 
 from emorig.errors import EmorigError, short_reason
 from emorig.faces.align import deca_transform, ffhq_transform, transform_points, warp
-from emorig.faces.backends import Detection, FaceBackend, load_backend
+from emorig.faces.backends import AUTO, Detection, FaceBackend, load_backend
 from emorig.geometry.camera import CropTransform
 from emorig.io.atomic import atomic_write
 from emorig.io.images import ImageReadError, LoadedImage, read_image, save_png, to_uint8
@@ -26,6 +35,15 @@ from emorig.io.images import ImageReadError, LoadedImage, read_image, save_png, 
 MODES = ("ffhq", "deca")
 DONE, SEVERAL, NO_FACE, UNREADABLE = "done", "several faces", "no face", "unreadable"
 PREVIEW_MAX_SIDE = 1024
+# A crop that enlarges the face more than this shows interpolated blur, and the landmarks and
+# everything fitted to the crop are about as coarse: at 2x, FFHQ's 256-pixel crop (eyes 64
+# pixels apart) comes from eyes 32 pixels apart, DECA's 224-pixel crop from a face about 90
+# pixels across. Such faces are aligned with a note saying so.
+SMALL_FACE_UPSCALE = 2.0
+
+
+class SmallFaceNote(UserWarning):
+    """A face so small that its aligned crop is much enlarged (shown as ``emorig: note:``)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +59,8 @@ class AlignedFace:
         image_size: (height, width) of the original photo (upright).
         mode: ``"ffhq"`` or ``"deca"``.
         dense: (478, 2) MediaPipe landmarks in aligned pixels, when requested.
+        landmarker: which model placed the 68 landmarks (``"dlib-68"``,
+            ``"mediapipe-mesh-68"``); the detector is ``detection.detector``.
     """
 
     image: Tensor
@@ -51,10 +71,32 @@ class AlignedFace:
     image_size: tuple[int, int]
     mode: str
     dense: np.ndarray | None = None
+    landmarker: str = ""
 
     @property
     def size(self) -> int:
         return self.image.shape[-1]
+
+    @property
+    def upscale(self) -> float:
+        """How many times the crop enlarges the face (the transform's linear scale)."""
+        return float(np.sqrt(abs(np.linalg.det(self.matrix[:2, :2]))))
+
+    @property
+    def eye_distance(self) -> float:
+        """Distance between the eye centres in the original photo, pixels."""
+        lm = self.source_landmarks
+        return float(np.linalg.norm(lm[36:42].mean(0) - lm[42:48].mean(0)))
+
+    def small_face_note(self) -> str | None:
+        """One line when the crop enlarges the face more than :data:`SMALL_FACE_UPSCALE`."""
+        if self.upscale <= SMALL_FACE_UPSCALE:
+            return None
+        return (
+            f"small face ({self.detection.side:.0f} px box, eyes {self.eye_distance:.0f} px "
+            f"apart) enlarged {self.upscale:.1f}x into the {self.size}-px crop: results will "
+            "be blurry and coarse"
+        )
 
     def crop_transform(self, dtype: torch.dtype = torch.float32) -> CropTransform:
         """The crop as a :class:`CropTransform`, e.g. to render onto the original photo."""
@@ -71,6 +113,9 @@ class AlignedFace:
             "size": self.size,
             "box": [round(v, 3) for v in self.detection.box],
             "score": round(self.detection.score, 4),
+            "detector": self.detection.detector,
+            "landmarker": self.landmarker,
+            "upscale": round(self.upscale, 3),
             "landmarks": np.round(self.landmarks, 3).tolist(),
             "source_landmarks": np.round(self.source_landmarks, 3).tolist(),
             "transform": self.matrix.tolist(),
@@ -93,14 +138,16 @@ class AlignResult:
     reason: str = ""
     exif_rotated: bool = False
     outputs: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 class FaceAligner:
     """Detect faces, find 68 landmarks and align each face.
 
     Args:
-        backend: face backend name (``"dlib"``, default) or a loaded :class:`FaceBackend`;
-            it must provide a detector and 68-point landmarks.
+        backend: face detector / backend name (``"auto"``, default: dlib and MediaPipe when
+            the extra is installed, else dlib; ``"dlib"``, ``"mediapipe"``, ``"both"``) or a
+            loaded :class:`FaceBackend`; it must provide a detector and 68-point landmarks.
         size: side of the aligned images (FFHQ: 256 or 512 for DiffusionRig; DECA: 224).
         mode: ``"ffhq"`` (DiffusionRig's alignment) or ``"deca"`` (DECA's crop).
         all_faces: keep every face; by default only the largest.
@@ -110,7 +157,7 @@ class FaceAligner:
 
     def __init__(
         self,
-        backend: str | FaceBackend = "dlib",
+        backend: str | FaceBackend = AUTO,
         size: int = 256,
         mode: str = "ffhq",
         all_faces: bool = False,
@@ -125,7 +172,7 @@ class FaceAligner:
         if self.backend.detector is None or self.backend.landmarks68 is None:
             raise EmorigError(
                 f"face backend '{self.backend.name}' has no 68-point landmarks; "
-                "alignment needs them (use --backend dlib)"
+                "alignment needs them (use --detector dlib)"
             )
         dense_backend = load_backend(dense) if isinstance(dense, str) else dense
         if dense_backend is not None and dense_backend.dense is None:
@@ -139,25 +186,36 @@ class FaceAligner:
         return deca_transform(landmarks, self.size)
 
     def align(self, image: np.ndarray) -> tuple[list[AlignedFace], int]:
-        """Faces of an (H, W, 3) uint8 RGB image, largest first, and how many were detected."""
+        """Faces of an (H, W, 3) uint8 RGB image, largest first, and how many were detected.
+        A face enlarged more than :data:`SMALL_FACE_UPSCALE` times warns
+        (:class:`SmallFaceNote`)."""
         detections = self.backend.detector.detect(image)
         ordered = sorted(detections, key=lambda d: -d.area)
         chosen = ordered if self.all_faces else ordered[:1]
         faces = []
         for det in chosen:
-            lm = self.backend.landmarks68.landmarks(image, det)
-            m = self.matrix(lm)
-            padding = "ffhq" if self.mode == "ffhq" else "zeros"
-            aligned = warp(image, m, self.size, padding, self.device)
-            dense = None
-            if self.dense is not None:
-                dense = transform_points(m, self.dense.landmarks(image, det))
-            faces.append(
-                AlignedFace(
-                    aligned, transform_points(m, lm), lm, m, det, image.shape[:2], self.mode, dense
-                )
-            )
+            face = self._align_one(image, det)
+            note = face.small_face_note()
+            if note is not None:
+                warnings.warn(note, SmallFaceNote, stacklevel=2)
+            faces.append(face)
         return faces, len(detections)
+
+    def _align_one(self, image: np.ndarray, det: Detection) -> AlignedFace:
+        marker = self.backend.landmarks68
+        if hasattr(marker, "landmarks_and_source"):
+            lm, source = marker.landmarks_and_source(image, det)
+        else:
+            lm, source = marker.landmarks(image, det), marker.name
+        m = self.matrix(lm)
+        padding = "ffhq" if self.mode == "ffhq" else "zeros"
+        aligned = warp(image, m, self.size, padding, self.device)
+        dense = None
+        if self.dense is not None:
+            dense = transform_points(m, self.dense.landmarks(image, det))
+        return AlignedFace(
+            aligned, transform_points(m, lm), lm, m, det, image.shape[:2], self.mode, dense, source
+        )
 
     def align_file(self, path: str | os.PathLike[str]) -> AlignResult:
         """Read and align one file; problems become a status and a one-line reason."""
@@ -165,7 +223,13 @@ class FaceAligner:
             loaded = read_image(path)
         except ImageReadError as err:
             return AlignResult(str(path), UNREADABLE, reason=err.reason)
-        faces, n = self.align(loaded.pixels)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SmallFaceNote)
+            faces, n = self.align(loaded.pixels)
+        notes = [str(w.message) for w in caught if issubclass(w.category, SmallFaceNote)]
+        for w in caught:  # anything else goes on as it came
+            if not issubclass(w.category, SmallFaceNote):
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         if not faces:
             return AlignResult(
                 str(path), NO_FACE, reason="no face found", exif_rotated=loaded.exif_rotated
@@ -173,8 +237,14 @@ class FaceAligner:
         status = SEVERAL if n > 1 else DONE
         reason = ""
         if n > 1:
-            reason = f"{n} faces: " + ("kept each" if self.all_faces else "kept the largest")
-        result = AlignResult(str(path), status, faces, n, reason, loaded.exif_rotated)
+            x0, y0, x1, _ = faces[0].detection.box
+            reason = f"{n} faces: " + (
+                "kept each, largest first"
+                if self.all_faces
+                else f"kept the largest ({x1 - x0:.0f} px at x={x0:.0f}, y={y0:.0f}; "
+                "--all-faces keeps each)"
+            )
+        result = AlignResult(str(path), status, faces, n, reason, loaded.exif_rotated, notes=notes)
         result._loaded = loaded  # type: ignore[attr-defined]  # for previews, not persisted
         return result
 
@@ -349,20 +419,27 @@ def _drop_pixels(face: AlignedFace) -> AlignedFace:
 
 
 def summarise(results: Sequence[AlignResult]) -> str:
-    """``done 8, several faces 1, no face 1, unreadable 2`` and the number of faces."""
+    """``done 8, several faces 1, no face 1, unreadable 2``, the number of faces and which
+    detector found them (``found by dlib 7, mediapipe 2``)."""
     counts = Counter(r.status for r in results)
     n_faces = sum(len(r.outputs) // 2 if r.outputs else len(r.faces) for r in results)
     parts = [f"{counts.get(k, 0)} {k}" for k in (DONE, SEVERAL, NO_FACE, UNREADABLE)]
-    return f"{len(results)} files, {n_faces} aligned faces: " + ", ".join(parts)
+    text = f"{len(results)} files, {n_faces} aligned faces: " + ", ".join(parts)
+    by = Counter(f.detection.detector or "?" for r in results for f in r.faces)
+    if by:
+        text += "; found by " + ", ".join(f"{k} {n}" for k, n in sorted(by.items()))
+    return text
 
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "MODES",
+    "SMALL_FACE_UPSCALE",
     "AlignResult",
     "AlignedFace",
     "FaceAligner",
     "ImageScan",
+    "SmallFaceNote",
     "align_files",
     "draw_preview",
     "image_files",

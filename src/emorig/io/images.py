@@ -156,14 +156,26 @@ def read_image(path: str | os.PathLike[str]) -> LoadedImage:
     return LoadedImage(pixels, str(path), mode, orientation not in (1, None))
 
 
+def _white_level(mode: str, arr: np.ndarray) -> float:
+    """The value that is white: 65535 for 16-bit images (so a dark 16-bit photo stays dark,
+    never stretched or clipped); for 32-bit integers the 8- or 16-bit range the values fit
+    (PIL reads some 16-bit files as ``"I"``), else their maximum; for floats 1, else the
+    maximum."""
+    top = float(arr.max()) if arr.size else 1.0
+    if mode.startswith("I;16"):
+        return 65535.0
+    if mode == "I":
+        if float(arr.min(initial=0)) >= 0 and top <= 255:
+            return 255.0
+        return 65535.0 if top <= 65535 else top
+    return top if top > 1.0 else 1.0
+
+
 def _to_rgb8(img: Image.Image) -> np.ndarray:
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        if mode == "F":
-            top = max(float(arr.max()), 1.0) if arr.max() > 1.0 else 1.0
-        grey = np.clip(arr / top, 0.0, 1.0)
+        grey = np.clip(arr / _white_level(mode, arr), 0.0, 1.0)
         return np.repeat((grey * 255.0 + 0.5).astype(np.uint8)[..., None], 3, axis=-1)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
