@@ -110,3 +110,34 @@ def test_edit_start_is_fixed_noise_or_the_inversion(pipe):
     expected = pipe.invert(images, condition, latent, timesteps="ddim4")
     torch.testing.assert_close(inverted, expected)
     assert not torch.equal(inverted[0], inverted[1])  # each image has its own noise
+
+
+@torch.no_grad()
+def test_refine_strength_zero_is_the_input_and_full_strength_is_sampling(pipe):
+    images, condition = _inputs(pipe)
+    latent = pipe.encode_latent(images)
+    assert torch.equal(pipe.refine(images, condition, latent, strength=0.0), images)
+    # strength 1 with fresh noise is plain DDIM from that noise (forward process at t_{N-1}).
+    full = pipe.refine(images, condition, latent, strength=1.0, timesteps="ddim5", seed=3)
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(images.shape, generator=g)
+    t = torch.full((2,), 800, dtype=torch.long)
+    start = pipe.schedule.q_sample(images * 2 - 1, t, noise)
+    torch.testing.assert_close(full, pipe.sample(start, condition, latent, timesteps="ddim5"))
+    with pytest.raises(ValueError, match="strength"):
+        pipe.refine(images, condition, latent, strength=1.5)
+
+
+@torch.no_grad()
+def test_refine_changes_more_with_strength_and_inversion_keeps_the_image(pipe):
+    images, condition = _inputs(pipe)
+    latent = pipe.encode_latent(images)
+
+    def change(**kw):
+        out = pipe.refine(images, condition, latent, timesteps="ddim10", **kw)
+        return float((out - images).abs().mean())
+
+    weak, strong = change(strength=0.2), change(strength=0.8)
+    assert 0 < weak < strong
+    # Partial inversion then partial sampling under one condition retraces the image.
+    assert change(strength=0.5, invert=True, iterations=3) < 0.25 * change(strength=0.5)

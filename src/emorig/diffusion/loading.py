@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -11,7 +12,7 @@ from emorig.diffusion.official import OFFICIAL_OBTAIN, load_official
 from emorig.diffusion.pretrained import load_pretrained
 from emorig.errors import AssetError
 
-__all__ = ["VALID_MODELS", "load_rig"]
+__all__ = ["VALID_MODELS", "load_rig", "training_data"]
 
 #: What ``--model`` accepts, for error messages.
 VALID_MODELS = (
@@ -35,3 +36,18 @@ def load_rig(path: str, device: torch.device | str = "cpu") -> RigModel:
     if p.is_dir():
         return load_pretrained(p, device=device)
     return load_official(p, device=device)
+
+
+def training_data(path: str | Path) -> dict | None:
+    """What the model at ``path`` was trained on, from its folder's ``training.json``
+    (``trained_on``: ``head``, ``synthetic_head`` and ``reconstructor``, which is
+    ``"synthetic"`` for renders of the built-in head made by ``emorig synth``); None when the
+    model does not say (DiffusionRig's checkpoints, folders written before the record)."""
+    info = Path(path).expanduser() / "training.json"
+    if not info.is_file():
+        return None
+    try:
+        record = json.loads(info.read_text()).get("trained_on")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return record if isinstance(record, dict) else None

@@ -5,7 +5,8 @@ in *model space*: today DiffusionRig's pixels scaled to [-1, 1] (``x = 2 image -
 latent model will swap these few methods for an autoencoder's encode/decode, and nothing that
 edits, evaluates or trains has to change. :class:`RigPipeline` owns that conversion, the shape
 of the noise, sampling (DDIM from noise to images), inversion (DDIM from images to noise), the
-global latent of an image, where edits start (:meth:`RigPipeline.edit_start`), the clean
+global latent of an image, where edits start (:meth:`RigPipeline.edit_start`), the partial
+re-noising of an already edited image (:meth:`RigPipeline.refine`, SDEdit), the clean
 image predicted at a training step, and the noise of a training step.
 
 Sampling follows DiffusionRig: the linear 1000-step schedule, DDIM respaced (``"ddim20"``),
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 
 from emorig.diffusion.model import RigModel
-from emorig.diffusion.sampling import ddim_invert, ddim_sample
+from emorig.diffusion.sampling import ddim_invert, ddim_sample, resolve_timesteps
 from emorig.diffusion.schedule import NoiseSchedule
 
 __all__ = ["Denoiser", "RigPipeline"]
@@ -176,6 +177,64 @@ class RigPipeline:
                 progress=progress,
             )
         return self.fixed_noise(images.shape[0], seed)
+
+    def refine(
+        self,
+        images: Tensor,
+        condition: Tensor,
+        latent: Tensor,
+        expression: Tensor | None = None,
+        *,
+        strength: float = 0.5,
+        timesteps: str = "ddim20",
+        invert: bool = False,
+        seed: int = 0,
+        iterations: int = 2,
+        progress: bool = False,
+    ) -> Tensor:
+        """SDEdit (Meng et al. 2022): take ``images`` (B, 3, S, S) in [0, 1] part of the way
+        to noise and denoise them under ``condition``.
+
+        ``strength`` is the share of the respaced DDIM steps that is re-run: 0 returns the
+        images, 1 starts from pure noise. The noise level is reached by the forward process
+        with noise from ``seed`` (clipped sampling), or with ``invert`` by DDIM inversion of
+        the images under the same condition (unclipped sampling), which keeps more of the
+        input's detail.
+        """
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must lie in [0, 1], got {strength}")
+        images = images.to(self.device)
+        steps = resolve_timesteps(self.schedule, timesteps)
+        n = round(strength * len(steps))
+        if n == 0:
+            return images.clamp(0, 1)
+        x0 = self.to_model(images)
+        denoise = self.denoiser(condition, latent, expression)
+        if invert:
+            x = ddim_invert(
+                denoise,
+                x0,
+                self.schedule,
+                steps,
+                fixed_point_iterations=iterations,
+                progress=progress,
+                n_steps=n,
+            )
+        else:
+            g = torch.Generator().manual_seed(seed)
+            noise = torch.randn(x0.shape, generator=g).to(x0)
+            t = torch.full((x0.shape[0],), steps[n - 1], dtype=torch.long, device=x0.device)
+            x = self.schedule.q_sample(x0, t, noise)
+        x = ddim_sample(
+            denoise,
+            x,
+            self.schedule,
+            steps,
+            clip_denoised=not invert,
+            progress=progress,
+            n_steps=n,
+        )
+        return self.to_images(x)
 
     # -- training --------------------------------------------------------------------------------
 

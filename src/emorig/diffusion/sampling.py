@@ -69,6 +69,15 @@ def ddim_step(
     return alpha_to**0.5 * x0 + (1.0 - alpha_to) ** 0.5 * eps, x0
 
 
+def _count(n_steps: int | None, steps: list[int]) -> int:
+    """How many of ``steps`` a partial loop runs (all of them for None)."""
+    if n_steps is None:
+        return len(steps)
+    if not 1 <= n_steps <= len(steps):
+        raise ValueError(f"n_steps must lie in [1, {len(steps)}], got {n_steps}")
+    return n_steps
+
+
 def _progress(indices: Iterable[int], enabled: bool, what: str) -> Iterable[int]:
     if not enabled:
         return indices
@@ -85,6 +94,7 @@ def ddim_sample(
     *,
     clip_denoised: bool = True,
     progress: bool = False,
+    n_steps: int | None = None,
 ) -> Tensor:
     """Generate images from noise with deterministic DDIM (eta = 0).
 
@@ -98,6 +108,8 @@ def ddim_sample(
         clip_denoised: clip each predicted clean image to [-1, 1] (DiffusionRig's inference
             does).
         progress: show a tqdm bar.
+        n_steps: run only the last ``n_steps`` steps (``noise`` is then the sample at
+            ``t_{n_steps-1}``: a partly noised image, SDEdit); None: all of them.
 
     Returns:
         (B, C, H, W) samples, nominally in [-1, 1], dtype and device of ``noise``.
@@ -105,7 +117,7 @@ def ddim_sample(
     steps = resolve_timesteps(schedule, timesteps)
     ac = schedule.alphas_cumprod.tolist()
     x = noise
-    for i in _progress(reversed(range(len(steps))), progress, "DDIM sampling"):
+    for i in _progress(reversed(range(_count(n_steps, steps))), progress, "DDIM sampling"):
         t = torch.full((x.shape[0],), steps[i], dtype=torch.long, device=x.device)
         alpha_prev = ac[steps[i - 1]] if i > 0 else 1.0
         x, _ = ddim_step(x, denoise(x, t), ac[steps[i]], alpha_prev, clip_denoised=clip_denoised)
@@ -120,6 +132,7 @@ def ddim_invert(
     *,
     fixed_point_iterations: int = 0,
     progress: bool = False,
+    n_steps: int | None = None,
 ) -> Tensor:
     """Deterministic DDIM inversion: the noise that :func:`ddim_sample` maps back to the image.
 
@@ -137,6 +150,8 @@ def ddim_invert(
         timesteps: the same steps that will be used for sampling.
         fixed_point_iterations: refinements per step (0: plain DDIM inversion).
         progress: show a tqdm bar.
+        n_steps: stop after the first ``n_steps`` steps (the result is then the sample at
+            ``t_{n_steps-1}``, for :func:`ddim_sample` with the same ``n_steps``); None: all.
 
     Returns:
         (B, C, H, W) the sample at ``t_{N-1}``, dtype and device of ``x_start``. Sample it
@@ -148,7 +163,7 @@ def ddim_invert(
     steps = resolve_timesteps(schedule, timesteps)
     ac = schedule.alphas_cumprod.tolist()
     x = x_start
-    for i in _progress(range(len(steps)), progress, "DDIM inversion"):
+    for i in _progress(range(_count(n_steps, steps)), progress, "DDIM inversion"):
         t = torch.full((x.shape[0],), steps[i], dtype=torch.long, device=x.device)
         alpha_prev = ac[steps[i - 1]] if i > 0 else 1.0
         start = x
