@@ -409,6 +409,7 @@ def _after_step(run: _Run, done: int, end: int, last: dict[str, float], progress
 def _export(run: _Run) -> Path:
     """The final model (the EMA weights when EMA is on) as a model folder, with the run's
     settings in ``training.json``."""
+    from emorig.data.dataset import BufferDataset
     from emorig.diffusion.pretrained import save_pretrained
 
     final = run.raw
@@ -418,6 +419,13 @@ def _export(run: _Run) -> Path:
     folder = save_pretrained(final, run.out / "model")
     with atomic_write(folder / "training.json", "w") as f:
         info = {"config": run.cfg.to_dict(), "steps": run.steps, "data": str(run.cfg.data)}
+        settings = BufferDataset(run.cfg.data).manifest.settings
+        # What the model has seen: `emorig edit` warns when it meets photos of another kind.
+        info["trained_on"] = {
+            "head": settings.head,
+            "synthetic_head": settings.synthetic_head,
+            "reconstructor": settings.reconstructor,
+        }
         json.dump(info, f, indent=1)
     return folder
 
