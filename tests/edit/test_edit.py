@@ -191,12 +191,16 @@ def test_edit_cli_emotion_sweep(trained, tmp_path, monkeypatch):
          "--emotion", "happy", "--intensity", "0.8", "--sweep", "3", "--steps", "ddim3",
          "--out", str(out)]
     )  # fmt: skip
-    assert code == 0
     name = BufferDataset(data).manifest.items[2].source.split("/")[-1]
     for suffix in ("happy.png", "happy_grid.png", "happy_sweep.png"):
         assert (out / f"{name}_{suffix}").is_file(), suffix
     record = json.loads((out / "edits.json").read_text())
     assert record["emotion"] == "happy 0.8"
+    # every face's edit is checked on the pixels; the status says whether all of them moved
+    check = record["emotion_checks"][name]
+    assert set(check["probabilities_before"]) == set(check["probabilities_after"])
+    assert len(check["sweep_frame_change"]) == 2
+    assert code == (1 if check["problems"] else 0)
     # A target and an emotion together are refused.
     assert main(["edit", "--model", str(folder), "--source", str(data), "--target", str(data),
                  "--emotion", "sad", "--out", str(out)]) == 2  # fmt: skip

@@ -134,6 +134,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "model": str(args.model),
             "reconstructor_weights": args.reconstructor_weights,
         },
+        methods=_method_editors(args, model, renderer, data, expression_input),
     )
     title = args.title or f"emorig evaluation: {Path(args.model).name}"
     path = write_report(
@@ -165,6 +166,32 @@ def _load_model(args: argparse.Namespace, data):
 
         expression_input = expression_input_for(model, args.recognizer, args.device)
     return model, renderer, expression_input
+
+
+def _method_editors(args, model, renderer, data, expression_input) -> dict:
+    """The editors of --methods other than diffusion (the main one), by name."""
+    from emorig.edit.methods import METHODS, WarpEditor
+    from emorig.evaluate.protocol import _default_editor
+
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or "diffusion" not in names:
+        raise EmorigError(
+            f"--methods {args.methods}: choose from {', '.join(METHODS)}, diffusion included "
+            "(the model's own edits are the reference rows)"
+        )
+    editors = {}
+    for name in names:
+        if name == "warp":
+            editors[name] = WarpEditor(renderer)
+        elif name == "warp+diffusion":
+            refiner = _default_editor(
+                model, renderer, data, args.steps, args.seed, False, expression_input
+            )
+            editors[name] = WarpEditor(
+                renderer, refiner=refiner, strength=args.strength, invert=args.invert
+            )
+    return editors
 
 
 def _print_summary(evaluation) -> None:
@@ -267,6 +294,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--pairs", type=options.positive_int, default=16, help="(source, target) pairs (16)"
     )
     p.add_argument("--modes", default="exp,pose,light", help="comma list (exp,pose,light)")
+    p.add_argument(
+        "--methods",
+        default="diffusion",
+        help="comma list of edit methods compared side by side on the same pairs: diffusion "
+        "(the model; always), warp (the image's own pixels moved by the 3D face), "
+        "warp+diffusion (warped, then re-noised to --strength and denoised) (diffusion)",
+    )
+    p.add_argument(
+        "--strength",
+        type=options.float_in(0, 1),
+        default=0.5,
+        help="warp+diffusion: share of the DDIM steps re-run (0.5)",
+    )
     p.add_argument(
         "--emotions",
         metavar="all|happy,sad,...",

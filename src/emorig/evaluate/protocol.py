@@ -264,6 +264,7 @@ def evaluate_model(
     emotion_steps: int = 150,
     identity_backend=None,
     metadata: Mapping[str, Any] | None = None,
+    methods: Mapping[str, Any] | None = None,
 ) -> Evaluation:
     """Evaluate a DiffusionRig(-EMO) model's edits (see the module docstring).
 
@@ -303,9 +304,8 @@ def evaluate_model(
         emotion_steps: Adam steps of each expression search.
         identity_backend: face backend for ``identity="dlib"`` (default dlib's).
         metadata: more JSON-able settings to record (e.g. the model path).
-
-    Returns:
-        :class:`Evaluation`.
+        methods: more editors by method name (:mod:`emorig.edit.methods`), each editing the
+            same pairs; their edit rows are added as ``"MODE · METHOD"``.
     """
     started = time.perf_counter()
     modes = tuple(modes)
@@ -315,13 +315,13 @@ def evaluate_model(
     if editor is None:
         editor = _default_editor(model, renderer, ds, steps, seed, invert, expression_input)
     settings = _settings(ds, modes, pairs, seed, editor, identity, targets, mv, fid_network)
-    settings.update(dict(metadata or {}))
+    settings.update(dict(metadata or {}), methods=list(methods or {}))
     synthetic = any(bool(d.manifest.settings.synthetic_head) for d in (ds, mv) if d is not None)
     chosen = pick_pairs(len(ds), pairs, seed)
     names = [ds.manifest.items[i].source for i in range(len(ds))]
     rows, example_rows, edits = _edit_pairs(
         editor, ds, chosen, modes, reconstruct, identity, identity_backend, batch_size,
-        examples, fid_network is not None, progress,
+        examples, fid_network is not None, progress, methods,
     )  # fmt: skip
     emotion, mv_result, fid, more = _optional_parts(
         editor, ds, mv, chosen, targets, predictor, reconstruct, batch_size, emotion_steps,
@@ -338,6 +338,22 @@ def evaluate_model(
         examples=tuple(example_rows + more),
         seconds=time.perf_counter() - started,
     )
+
+
+def _method_rows(
+    methods, ds, chosen, modes, reconstruct, identity, backend, batch_size, progress
+) -> tuple:
+    """The edit rows of every other method's editor on the same pairs, as ``MODE · METHOD``."""
+    rows: tuple = ()
+    for label, other in (methods or {}).items():
+        extra, _, _ = _edit_pairs(
+            other, ds, chosen, modes, reconstruct, identity, backend, batch_size, 0, False,
+            progress,
+        )  # fmt: skip
+        rows += tuple(
+            dataclasses.replace(r, name=f"{r.name} · {label}") for r in extra if r.kind == "edit"
+        )
+    return rows
 
 
 def _optional_parts(
@@ -451,9 +467,10 @@ def _emotion_targets(emotions) -> list:
 
 def _edit_pairs(
     editor, ds, chosen, modes, reconstruct, identity, backend, batch_size, n_examples,
-    keep_edits, progress,
+    keep_edits, progress, methods=None,
 ):  # fmt: skip
-    """The code-error and identity rows, example rows and (for FID) the edited images."""
+    """The code-error and identity rows (with those of the other ``methods``' editors),
+    example rows and (for FID) the edited images."""
     acc = {name: _Rows() for name in (*modes, *REFERENCES)}
     examples, edits = [], []
     done = 0
@@ -501,6 +518,9 @@ def _edit_pairs(
             progress("edits", done, len(chosen))
     rows = tuple(acc[m].finish(m, "edit", identity) for m in modes) + tuple(
         acc[r].finish(r, "reference", identity) for r in REFERENCES
+    )
+    rows += _method_rows(
+        methods, ds, chosen, modes, reconstruct, identity, backend, batch_size, progress
     )
     return rows, examples, edits
 
