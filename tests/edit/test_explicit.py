@@ -68,8 +68,9 @@ def test_light_terms_move_the_first_band_by_the_ambient_term():
     assert terms == {"left": pytest.approx(0.6), "above": 1.0}
     lit = apply_light_spec(code, terms)
     ambient = code.light[:, 0]
-    torch.testing.assert_close(lit.light[:, 1], code.light[:, 1] - 0.6 * ambient)
-    torch.testing.assert_close(lit.light[:, 2], code.light[:, 2] + ambient)
+    ratio = 0.28209479 / 0.48860251  # bands 0 and 1 of DECA's SH: 1 + strength where lit
+    torch.testing.assert_close(lit.light[:, 1], code.light[:, 1] - 0.6 * ratio * ambient)
+    torch.testing.assert_close(lit.light[:, 2], code.light[:, 2] + ratio * ambient)
     assert torch.equal(lit.light[:, 3:], code.light[:, 3:])
     assert torch.equal(lit.light[:, 0], ambient)
     brighter = apply_light_spec(code, parse_light_spec("ambient=1.5"))

@@ -11,8 +11,9 @@ parse_face_spec`), read as a change of the source's code:
 * ``shapeN`` / ``albedoN`` are refused: an edit keeps the person.
 
 ``--light`` moves the spherical-harmonics light in image terms: ``left``, ``right``,
-``above``, ``below``, ``front`` with a strength (1 when omitted: a directional term as strong as
-the light's ambient term), and ``ambient=F`` scales the ambient term (and with it the overall
+``above``, ``below``, ``front`` with a strength (1 when omitted): a surface facing that way gets
+``1 + strength`` times the ambient shading, one facing away ``1 - strength`` times (so 0.3 is
+a soft key light, 1 leaves the far side dark), and ``ambient=F`` scales the ambient term (and with it the overall
 brightness). Terms add up: ``left=0.6+above=0.3``. DECA's SH layout: coefficient 1 is x (the
 subject's left, image right), 2 is y (up), 3 is z (towards the camera).
 """
@@ -40,6 +41,11 @@ __all__ = [
     "parse_face",
     "parse_light_spec",
 ]
+
+#: DECA's SH constants of bands 0 and 1 (0.2821 and 0.4886): with a first-band term of
+#: ``strength x _BAND_RATIO x ambient``, a surface facing the light gets ``1 + strength`` times
+#: the ambient shading and one facing away ``1 - strength`` times.
+_BAND_RATIO = 0.28209479 / 0.48860251
 
 #: Image-space light directions -> (x, y, z) of DECA's first SH band.
 LIGHT_TERMS: dict[str, tuple[float, float, float]] = {
@@ -128,7 +134,7 @@ def apply_light_spec(code: FaceCode, terms: dict[str, float]) -> FaceCode:
             continue
         x, y, z = LIGHT_TERMS[key]
         direction = torch.tensor([x, y, z], dtype=light.dtype, device=light.device)
-        light[:, 1:4] = light[:, 1:4] + value * direction[None, :, None] * ambient
+        light[:, 1:4] = light[:, 1:4] + value * _BAND_RATIO * direction[None, :, None] * ambient
     if "ambient" in terms:
         light[:, 0] = light[:, 0] * terms["ambient"]
     return code.replace(light=light)
