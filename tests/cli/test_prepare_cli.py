@@ -83,5 +83,57 @@ def test_help_lists_the_flags(capsys):
         run(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--model", "--out", "--merge", "--size", "--mean-shape", "--shard-size"):
+    for flag in (
+        "--model",
+        "--out",
+        "--merge",
+        "--size",
+        "--mean-shape",
+        "--album",
+        "--shard-size",
+    ):
         assert flag in out
+
+
+@pytest.fixture(scope="module")
+def album(tmp_path_factory):
+    """Three renders of one identity with different expressions and yaws."""
+    root = tmp_path_factory.mktemp("album")
+    r = FaceRenderer(builtin_head())
+    names = [n for n, _ in EXPRESSION_COMPONENTS]
+    for k, spec in enumerate(("smile=0.5+yaw=10", "frown=0.6+yaw=-15", "sad=0.4")):
+        code = specs_to_code([parse_face_spec(spec, names)], r, camera=(8.0, 0.0, 0.01))
+        shape = torch.zeros_like(code.shape)
+        shape[0, :3] = torch.tensor([0.8, -0.6, 0.5])
+        with torch.no_grad():
+            out = r(code.replace(shape=shape), 256)
+        grey = torch.tensor([0.3, 0.5, 0.4])[:, None, None]
+        img = out.buffers.rendered + (1 - out.buffers.mask) * grey
+        Image.fromarray(to_uint8(img[0])).save(root / f"face{k}.png")
+    return root
+
+
+def test_album_fits_one_identity_for_stage_two(album, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from emorig.data.prepare import ALBUM_SHAPE
+
+    data = tmp_path / "data"
+    argv = [str(album), "--model", "fit", "--no-photometric", "--out", str(data), "--album"]
+    assert run([*argv, "--size", "128"]) == 0
+    captured = capsys.readouterr()
+    assert "3 items (0 skipped)" in captured.out
+    assert "album mean shape (fitted jointly)" in captured.out
+    fitted = load_file(str(data / ALBUM_SHAPE))["shape"]
+    assert torch.equal(
+        load_file(str(data / MEAN_SHAPE_NAME))["shape"].reshape(fitted.shape), fitted
+    )
+    ds = BufferDataset(data)
+    assert all(torch.allclose(ds[i]["code"]["shape"], fitted[0]) for i in range(len(ds)))
+
+
+def test_album_refuses_a_network_in_one_line(tmp_path):
+    with pytest.raises(EmorigError, match=r"--album fits one identity .* needs --model fit"):
+        run([str(tmp_path), "--model", "deca", "--out", str(tmp_path / "d"), "--album"])
+    with pytest.raises(EmorigError, match="--album fits while preparing"):
+        run(["--merge", str(tmp_path), "--album"])

@@ -58,15 +58,20 @@ def test_fit_on_a_real_photo_writes_everything(head, tmp_path):
     Image.fromarray(skimage_data.astronaut()).save(tmp_path / "astronaut.png")
     (tmp_path / "broken.jpg").write_text("no")
     rec = Reconstructor("fit", head, photometric=False)
+    notes = []
     results = reconstruct_files(
         [tmp_path / "astronaut.png", tmp_path / "broken.jpg"],
         tmp_path,
         tmp_path / "out",
         rec,
         "fit",
+        notes=notes,
     )
     assert results[0][1] == "done"
     assert results[1][1] == "unreadable"
+    # one quality record per face: a frontal real photo is an ok fit
+    assert len(notes) == 1
+    assert notes[0][1].ok, notes
     out = tmp_path / "out"
     names = sorted(p.name for p in out.iterdir())
     for suffix in (
@@ -83,6 +88,10 @@ def test_fit_on_a_real_photo_writes_everything(head, tmp_path):
         assert "astronaut" + suffix in names, suffix
     meta = json.loads((out / "astronaut.json").read_text())
     assert meta["landmark_error_px"] < 4.0
+    assert meta["quality"]["quality"] == "ok"
+    assert meta["quality"]["reasons"] == []
+    assert meta["quality"]["landmark_error_px"] == meta["landmark_error_px"]
+    assert 0 < meta["quality"]["prior"]["shape_rms"] < 1.0
     assert len(meta["code"]["shape"]) == 100
     assert meta["synthetic_head"] is True
     verts, _faces, uv = read_obj(out / "astronaut_coarse.obj")
@@ -109,9 +118,37 @@ def test_network_path_with_detail(head, render_photo, tmp_path):
     assert results[0][1] == "done", results
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"face_detail.obj", "face_shape_detail.png"} <= names
+    # a network's reconstruction carries the same quality record as a fit's
+    quality = json.loads((tmp_path / "out" / "face.json").read_text())["quality"]
+    assert quality["quality"] in ("ok", "doubtful")
+    assert set(quality["prior"]) == {"shape_rms", "shape_max", "expression_rms", "expression_max"}
     v, f, _uv = read_obj(tmp_path / "out" / "face_detail.obj")
     assert v.shape[0] > 1000
     assert f.max() < v.shape[0]
+
+
+def test_cli_prints_each_fit_quality_and_warns_on_doubtful_ones(
+    render_photo, tmp_path, capsys, monkeypatch
+):
+    from emorig.reconstruct.fitting_common import DOUBTFUL
+
+    image, _, _ = render_photo
+    Image.fromarray(image).save(tmp_path / "face.png")
+    argv = ["reconstruct", str(tmp_path / "face.png"), "--model", "fit", "--no-photometric"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    captured = capsys.readouterr()
+    assert "face.png: ok: landmarks " in captured.out
+    assert "warning" not in captured.err
+    # the same fit judged against a threshold it cannot meet: one warning line
+    monkeypatch.setitem(DOUBTFUL, "landmark_px", 0.01)
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    captured = capsys.readouterr()
+    assert "face.png: doubtful: landmarks " in captured.out
+    warnings = [line for line in captured.err.splitlines() if "emorig: warning:" in line]
+    assert len(warnings) == 1
+    assert "doubtful fit (landmark error" in warnings[0]
+    meta = json.loads((tmp_path / "b" / "face.json").read_text())
+    assert meta["quality"]["quality"] == "doubtful"
 
 
 def test_cli_errors_name_the_missing_weights(tmp_path, capsys, monkeypatch):

@@ -64,6 +64,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="render every image with the album's mean identity (DiffusionRig stage 2); "
         "saved as DATA/mean_shape.safetensors",
     )
+    p.add_argument(
+        "--album",
+        action="store_true",
+        help="the photos show one person: fit one identity to all of them at once (with "
+        "--model fit; each photo keeps its own expression, pose, camera and light) and render "
+        "every image with it, as --mean-shape does with the average of the per-photo "
+        "identities; saved as DATA/album_shape.safetensors and DATA/mean_shape.safetensors",
+    )
     options.add_weights(p)
     options.add_head(p, follow_weights=True)
     options.add_assets(p)
@@ -88,6 +96,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _report(manifest, started: float, skipped: int = 0) -> int:
+    from emorig.data.prepare import ALBUM_SHAPE
+
     for source, reason in manifest.skipped:
         say(f"skipped: {source}: {reason}")
     s = manifest.settings
@@ -95,6 +105,7 @@ def _report(manifest, started: float, skipped: int = 0) -> int:
         f"{manifest.count} items ({len(manifest.skipped)} skipped) in {len(manifest.shards)} "
         f"shards, {s.size}px, {s.reconstructor} on {s.head}"
         + (", album mean shape" if manifest.mean_shape is not None else "")
+        + (" (fitted jointly)" if (Path(manifest.root) / ALBUM_SHAPE).is_file() else "")
         + f" -> {manifest.root} in {time.perf_counter() - started:.1f} s"
     )
     return 1 if manifest.skipped or skipped else 0
@@ -105,6 +116,8 @@ def _merge(args: argparse.Namespace, started: float) -> int:
 
     if args.images or args.out or args.model:
         raise EmorigError("--merge DATA takes no IMAGES, --out or --model")
+    if args.album:
+        raise EmorigError("--album fits while preparing; --merge keeps the identity DATA holds")
     manifest, again = merge(
         Path(args.merge),
         True if args.mean_shape else None,
@@ -127,6 +140,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     missing = [name for name, value in needed if not value]
     if missing:
         raise EmorigError(f"prepare needs {', '.join(missing)} (or --merge DATA)")
+    if args.album and args.model != "fit":
+        raise EmorigError(
+            f"--album fits one identity to every photo's landmarks and needs --model fit; "
+            f"with --model {args.model} use --mean-shape (the average of the per-photo "
+            "identities)"
+        )
     manifest, skipped = prepare_images(
         Path(args.images),
         Path(args.out),

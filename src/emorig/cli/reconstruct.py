@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from emorig.cli import options
-from emorig.cli.output import progress
+from emorig.cli.output import progress, say
 from emorig.cli.shared import input_files, load_head, resolve_head
 
 #: The command's name and its line in ``emorig --help``.
@@ -25,7 +25,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Detect and crop each face as DECA does, then reconstruct it: 'deca' and "
         "'emoca' run those networks (official weights from --assets, or --weights), 'fit' "
         "needs no weights and fits the head to the 68 landmarks, then albedo and light to the "
-        "pixels. Writes NAME.npz/.json (codes and crop), NAME_coarse.obj (with UVs), "
+        "pixels. Every face gets a quality record (landmark error, prior scores, ok or "
+        "doubtful), printed one line per face and written in NAME.json. Writes NAME.npz/.json "
+        "(codes and crop), NAME_coarse.obj (with UVs), "
         "NAME_detail.obj (networks with a detail model), buffer PNGs of the crop and "
         "NAME_landmarks.png / NAME_shape_overlay.png on the photo.",
     )
@@ -51,9 +53,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     head = load_head(resolve_head(args.head, trained_for), args.assets)
     rec = Reconstructor(args.model, head, model, photometric=args.photometric, device=args.device)
     label = args.model if args.weights is None else f"{args.model} ({args.weights})"
+    notes: list = []
     results = reconstruct_files(
-        files, src, out, rec, label, args.all_faces, progress("reconstructing")
+        files, src, out, rec, label, args.all_faces, progress("reconstructing"), notes
     )
+    for where, quality in notes:
+        print(f"{where}: {quality.summary()}")
+        if not quality.ok:
+            say(f"emorig: warning: {where}: doubtful fit ({'; '.join(quality.reasons)})")
     counts: dict[str, int] = {}
     for path, status, reason in results:
         counts[status] = counts.get(status, 0) + 1

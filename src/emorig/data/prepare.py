@@ -52,6 +52,7 @@ from emorig.data.dataset import (
 from emorig.errors import EmorigError, short_reason
 from emorig.faces.align import deca_transform, transform_points, warp
 from emorig.faces.pipeline import AlignedFace, FaceAligner
+from emorig.io.atomic import atomic_write
 from emorig.io.images import ImageReadError, read_image
 from emorig.reconstruct.pipeline import CROP, Reconstruction, Reconstructor
 from emorig.render.conditions import render_conditions
@@ -71,6 +72,9 @@ class PrepareConfig:
         batch_size: faces reconstructed and rendered together.
         buffer_dtype: ``"float16"`` (half the size, error below 5e-4) or ``"float32"``.
         mean_shape: render every item with the album mean shape (DiffusionRig stage 2).
+        album: fit one identity jointly to every item's landmarks
+            (:func:`~emorig.reconstruct.fitting_album.fit_album`, weight-free fitting only)
+            and render every item with it; implies ``mean_shape``.
         flush_seconds: also write a (smaller) shard when this long has passed since the last
             one, bounding the work an interruption can lose.
     """
@@ -80,6 +84,7 @@ class PrepareConfig:
     batch_size: int = 8
     buffer_dtype: str = "float16"
     mean_shape: bool = False
+    album: bool = False
     flush_seconds: float = 600.0
 
     def __post_init__(self) -> None:
@@ -420,8 +425,61 @@ def prepare_worker(
     )
 
 
+#: Where ``emorig prepare --album`` keeps the jointly fitted identity (see :func:`album_shape`).
+ALBUM_SHAPE = "album_shape.safetensors"
+
+
+def _stored(out: Path, keys: Sequence[str]) -> dict[str, Tensor]:
+    """The given tensors of every stored item, concatenated in manifest order."""
+    from safetensors import safe_open
+
+    items, _ = merge_headers(read_headers(out))
+    wanted: dict[str, list[int]] = {}
+    for ref in items:
+        wanted.setdefault(ref.shard, []).append(ref.index)
+    parts: dict[str, list[Tensor]] = {k: [] for k in keys}
+    for shard, indices in wanted.items():
+        with safe_open(str(out / shard), framework="pt") as f:
+            for k in keys:
+                parts[k].append(f.get_tensor(k)[indices])
+    if not wanted:
+        raise EmorigError(f"{out}: no items to fit the album identity to")
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def album_shape(out: Path, renderer: FaceRenderer) -> Tensor:
+    """(1, S) one identity fitted jointly to the landmarks of every stored item
+    (:func:`~emorig.reconstruct.fitting_album.fit_album`, landmarks only: stage 2 renders the
+    shape, each item keeps its own albedo), saved as ``ALBUM_SHAPE`` in ``out`` so that
+    :func:`album_mean_shape` (and a later ``--merge``) uses it."""
+    from safetensors.torch import save
+
+    from emorig.geometry.camera import pixels_to_ndc
+    from emorig.reconstruct.fitting_album import fit_album
+
+    stored = _stored(out, ("landmarks", "crop_transform"))
+    lm = stored["landmarks"].double()
+    m = stored["crop_transform"].double()
+    crop = torch.einsum("bij,bnj->bni", m[:, :2, :2], lm) + m[:, None, :2, 2]
+    keep = torch.isfinite(crop).all(-1).all(-1)
+    if not bool(keep.any()):
+        raise EmorigError(f"{out}: no stored landmarks to fit the album identity to")
+    device = renderer.flame.v_template.device
+    target = pixels_to_ndc(crop[keep].float(), CROP, CROP).to(device)
+    shape = fit_album(renderer, None, target, photometric=False).code.shape[:1].cpu()
+    with atomic_write(out / ALBUM_SHAPE, "wb") as f:
+        f.write(save({"shape": shape.contiguous()}))
+    return shape
+
+
 def album_mean_shape(out: Path) -> Tensor:
-    """(1, S) mean of every stored item's own shape (``shape_fitted`` when present)."""
+    """(1, S) the album identity: the jointly fitted one of ``emorig prepare --album`` when
+    ``out`` holds it (``ALBUM_SHAPE``), else the mean of every stored item's own shape
+    (``shape_fitted`` when present)."""
+    if (out / ALBUM_SHAPE).is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(out / ALBUM_SHAPE))["shape"].float()
     headers = read_headers(out)
     from safetensors import safe_open
 
@@ -589,8 +647,13 @@ def prepare(
         say=say,
     )
     state.wait_for_everyone()
+    if state.is_main_process:
+        (out / ALBUM_SHAPE).unlink(missing_ok=True)
+        if config.album:
+            album_shape(out, reconstructor.renderer)
+    state.wait_for_everyone()
     mean, again = apply_shape(
-        out, reconstructor.renderer, config.mean_shape, rank=rank, world=world
+        out, reconstructor.renderer, config.mean_shape or config.album, rank=rank, world=world
     )
     state.wait_for_everyone()
     manifest = None
@@ -652,10 +715,12 @@ def merge(
 
 
 __all__ = [
+    "ALBUM_SHAPE",
     "PrepareConfig",
     "PrepareResult",
     "WorkerReport",
     "album_mean_shape",
+    "album_shape",
     "apply_shape",
     "deca_crop",
     "merge",

@@ -28,7 +28,9 @@ from emorig.reconstruct.fitting_common import (
     _check_points,
     _pair_offsets,
     _robust,
+    fit_quality,
     landmark_errors,
+    landmark_head,
     landmark_weights,
     project_landmarks,
 )
@@ -128,6 +130,33 @@ def _head_yaw(global_pose: Tensor, neck_pose: Tensor) -> Tensor:
     return yaw_of_rotation(axis_angle_to_matrix(global_pose) @ axis_angle_to_matrix(neck_pose))
 
 
+#: Yaw (degrees) up to which both contour sides keep their full weight, and the yaw from
+#: which the far side keeps only ``occluded_contour`` of it (linear in between).
+CONTOUR_FADE = (10.0, 40.0)
+
+
+def contour_factors(yaw: Tensor, occluded: float) -> Tensor:
+    """(B,) head yaws (radians) -> (B, 17) weight factors of the 17 contour landmarks.
+
+    On a turned face the far side's contour is the silhouette, which detectors place poorly
+    (it slides along the cheek, or onto hair and background) and which only a few rows of
+    DECA's table model; fitted at full weight it pulls the identity into a deformed skull
+    while the landmark error stays low. The far side (iBUG 9-16 at a positive yaw, the
+    subject's left; 0-7 at a negative one) fades linearly from 1 at ``CONTOUR_FADE[0]``
+    degrees to ``occluded`` at ``CONTOUR_FADE[1]``; the chin (8) and the near side keep 1.
+    ``fit_landmarks``'s 0.2 keeps turned real faces (yaw 15 to 30 degrees) from fitting identity
+    coefficients of 6 to 8 standard deviations (measured: at most 3.8 with it).
+    """
+    start, end = (math.radians(a) for a in CONTOUR_FADE)
+    t = ((yaw.abs() - start) / (end - start)).clamp(0, 1)
+    fade = 1 - (1 - occluded) * t  # (B,)
+    ones = torch.ones(yaw.shape[0], N_CONTOUR, dtype=yaw.dtype, device=yaw.device)
+    left = torch.arange(N_CONTOUR, device=yaw.device) > 8  # subject's left: iBUG 9-16
+    right = torch.arange(N_CONTOUR, device=yaw.device) < 8
+    far = torch.where((yaw > 0)[:, None], left[None], right[None])
+    return torch.where(far, fade[:, None] * ones, ones)
+
+
 class _LandmarkProblem:
     """The landmark objective of a batch, with the contour rows held between refreshes.
 
@@ -149,11 +178,13 @@ class _LandmarkProblem:
         targets: _LandmarkTargets,
         weights: _LandmarkWeights,
         contour_search: int,
+        occluded_contour: float = 1.0,
     ):
         self.flame, self.v, self.template = flame, variables, template
+        self.occluded_contour = occluded_contour
         self.targets, self.weights = targets, weights
         self.contour_search = contour_search
-        self.rows = self._best_rows()
+        self.rows, self.contour_factor = self._best_rows()
 
     def _pose(self) -> FlameOutput:
         v = self.v
@@ -175,8 +206,9 @@ class _LandmarkProblem:
         return orthographic_project(points.to(self.v.shape.dtype), self.v.camera())[..., :2]
 
     @torch.no_grad()
-    def _best_rows(self) -> Tensor:
-        """(B,) the best-fitting contour rows near the current yaw."""
+    def _best_rows(self) -> tuple[Tensor, Tensor]:
+        """(B,) the best-fitting contour rows near the current yaw, and (B, 17) the contour
+        weight factors of that yaw (:func:`contour_factors`)."""
         out = self._pose()
         pose = (self.v.global_pose * _ANGLE_UNIT).to(out.vertices.dtype)
         yaw = _head_yaw(pose, self.template.neck_pose.to(pose.dtype))
@@ -194,13 +226,13 @@ class _LandmarkProblem:
                 better = error < best * (1 - 1e-6)
                 best_rows = torch.where(better, rows, best_rows)
                 best = torch.where(better, error, best)
-        return best_rows
+        return best_rows, contour_factors(yaw, self.occluded_contour).to(self.v.shape.dtype)
 
     def refresh(self) -> Tensor:
-        """Re-pick the contour rows; (B,) True where they changed."""
-        rows = self._best_rows()
-        changed = rows != self.rows
-        self.rows = rows
+        """Re-pick the contour rows and weights; (B,) True where they changed."""
+        rows, factor = self._best_rows()
+        changed = (rows != self.rows) | ((factor - self.contour_factor).abs() > 1e-6).any(-1)
+        self.rows, self.contour_factor = rows, factor
         return changed
 
     def project(self) -> tuple[Tensor, Tensor | None]:
@@ -221,7 +253,10 @@ class _LandmarkProblem:
         lm, dense = self.project()
         residual = (lm - targets.landmarks) * _PX_PER_NDC
         w = targets.rigid_weights if rigid else targets.weights
-        loss = (_robust((residual**2).sum(-1), weights.robust) * w).sum(-1) / w.sum()
+        w = torch.cat(
+            [w[:N_CONTOUR] * self.contour_factor, w[N_CONTOUR:].expand(lm.shape[0], -1)], 1
+        )
+        loss = (_robust((residual**2).sum(-1), weights.robust) * w).sum(-1) / w.sum(-1)
         if not rigid:
             for pairs, weight in ((EYE_PAIRS, weights.eye), (LIP_PAIRS, weights.lip)):
                 if weight > 0:
@@ -334,9 +369,11 @@ def fit_landmarks(
     optimizer: str = "lbfgs",
     lr: float = 0.1,
     contour_search: int = 4,
+    occluded_contour: float = 0.2,
     init: FaceCode | None = None,
     yaws: Sequence[float] = DEFAULT_YAWS,
     pitches: Sequence[float] = DEFAULT_PITCHES,
+    restrict_head: bool = True,
 ) -> FitResult:
     """Fit identity, expression, global and jaw pose and camera to 68 landmarks.
 
@@ -364,23 +401,24 @@ def fit_landmarks(
             Their dtype and device are those of the fit and of the returned code.
         dense: (B, M, 2) MediaPipe targets in crop NDC, in the order of the head's MediaPipe
             embedding, or None.
-        n_shape: identity coefficients fitted (at most ``flame.n_shape``).
-        n_expression: expression coefficients fitted (at most ``flame.n_expression``).
+        n_shape, n_expression: coefficients fitted (at most the head's ``n_shape`` and so on).
         steps: evaluation budget per image of the full stage; an image stops earlier once its
             objective no longer decreases (relative change below 1e-5 twice).
         rigid_steps: evaluation budget per image of the rigid stage.
         shape_weight, expression_weight, jaw_weight: L2 priors (coefficients ~ N(0, 1)).
         eye_weight, lip_weight, dense_weight: weights of the optional terms (0 disables).
         robust: pseudo-Huber scale in pixels, or None for squared distances.
-        optimizer: ``"lbfgs"`` (:func:`~emorig.optim.lbfgs.batched_lbfgs`, the default), or
-            the baselines ``"torch-lbfgs"`` (``torch.optim.LBFGS`` on the summed batch
-            objective) and ``"adam"`` (``torch.optim.Adam``); see
-            ``benchmarks/bench_fitting.py``.
+        optimizer: ``"lbfgs"`` (:func:`~emorig.optim.lbfgs.batched_lbfgs`), or the baselines
+            ``"torch-lbfgs"`` and ``"adam"`` (:func:`~emorig.optim.minimise.minimise`).
         lr: Adam's learning rate, in the scaled variables (unused otherwise).
         contour_search: degrees around the current yaw whose contour rows compete.
+        occluded_contour: weight the far side's contour keeps on a face turned by 40 degrees
+            or more (:func:`contour_factors`; 1: no fading).
         init: start from this code (batch B) instead of the closed-form initialisation; its
             light, albedo, neck and eye poses are carried over unchanged.
         yaws, pitches: hypotheses of the closed-form initialisation, degrees.
+        restrict_head: pose only the vertices the landmarks use (same landmarks, faster:
+            :func:`~emorig.reconstruct.fitting_common.landmark_head`); False: the whole head.
 
     Returns:
         :class:`FitResult`: the fitted code (albedo and light neutral unless ``init`` gives
@@ -393,24 +431,22 @@ def fit_landmarks(
     start = time.perf_counter()
     dense = _checked_targets(flame, landmarks, dense)
     sizes = (min(n_shape, flame.n_shape), min(n_expression, flame.n_expression))
+    if restrict_head:
+        flame = landmark_head(flame)  # the same landmarks from the vertices they use
     template = _starting_code(flame, landmarks, init, sizes, yaws, pitches)
     v = _Variables.from_code(template, *sizes)
     v.require_grad()
     weights = _LandmarkWeights(
         shape_weight, expression_weight, jaw_weight, eye_weight, lip_weight, dense_weight, robust
     )
-    problem = _LandmarkProblem(
-        flame, v, template, _landmark_targets(landmarks, dense), weights, contour_search
-    )
+    targets = _landmark_targets(landmarks, dense)
+    contour = (contour_search, occluded_contour)
+    problem = _LandmarkProblem(flame, v, template, targets, weights, *contour)
     evaluations, history = _run_stages(problem, (rigid_steps, steps), optimizer, lr)
     code = v.to_code(template)
     px, iod = landmark_errors(project_landmarks(flame, code), landmarks)
+    seconds = time.perf_counter() - start
     return FitResult(
-        code=code,
-        landmark_error=px.detach(),
-        landmark_error_iod=iod.detach(),
-        photometric_error=None,
-        history=tuple(history),
-        steps=evaluations,
-        seconds=time.perf_counter() - start,
-    )
+        code, px.detach(), iod.detach(), None, tuple(history), evaluations, seconds,
+        fit_quality(code, px),
+    )  # fmt: skip

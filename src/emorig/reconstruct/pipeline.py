@@ -1,5 +1,9 @@
 """Photo -> DECA crop -> FLAME code (DECA, EMOCA or weight-free fitting) -> meshes, buffers
-and overlays. What ``emorig reconstruct`` runs."""
+and overlays. What ``emorig reconstruct`` runs.
+
+Faces of consecutive photos are reconstructed in batches (:data:`BATCH_FACES`), and every
+reconstruction carries a quality record
+(:class:`~emorig.reconstruct.fitting_common.FitQuality`) written to its JSON."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from emorig.io.obj import write_obj
 from emorig.reconstruct.deca import DecaModel
 from emorig.reconstruct.detail import DetailRenderer, detail_mesh, sample_uv
 from emorig.reconstruct.encoders import encoder_spec
+from emorig.reconstruct.fitting_common import FitQuality, fit_quality
 from emorig.render.face import FaceRenderer
 from emorig.types import FaceCode
 
@@ -40,12 +45,16 @@ class Reconstruction:
         displacement: (1, 1, 256, 256) detail displacement (DECA/EMOCA), else None.
         landmark_error: mean distance of the code's projected landmarks to the detected ones,
             pixels of the 224 crop.
+        quality: landmark error, prior scores and verdict (``ok`` / ``doubtful``) of the code,
+            the same record for every reconstructor
+            (:class:`~emorig.reconstruct.fitting_common.FitQuality`).
     """
 
     face: AlignedFace
     code: FaceCode
     displacement: Tensor | None
     landmark_error: float
+    quality: FitQuality | None = None
 
 
 class Reconstructor:
@@ -108,21 +117,27 @@ class Reconstructor:
         with torch.no_grad():
             projected = self.renderer.project(self.renderer.geometry(code).landmarks2d, code)
         err = (ndc_to_pixels(projected[..., :2], CROP, CROP) - target).norm(dim=-1).mean(-1)
+        quality = fit_quality(code, err)
         return [
             Reconstruction(
                 f,
                 code[i : i + 1],
                 None if displacement is None else displacement[i : i + 1],
                 float(err[i]),
+                quality[i],
             )
             for i, f in enumerate(faces)
         ]
 
-    def reconstruct(self, image: np.ndarray, all_faces: bool = False) -> list[Reconstruction]:
-        """Detect, crop and reconstruct the faces of an (H, W, 3) uint8 photo."""
+    def detect(self, image: np.ndarray, all_faces: bool = False) -> list[AlignedFace]:
+        """Detect and crop the faces of an (H, W, 3) uint8 photo (the largest, or all)."""
         self.aligner.all_faces = all_faces
         faces, _ = self.aligner.align(image)
-        return self.reconstruct_crops(faces)
+        return faces
+
+    def reconstruct(self, image: np.ndarray, all_faces: bool = False) -> list[Reconstruction]:
+        """Detect, crop and reconstruct the faces of an (H, W, 3) uint8 photo."""
+        return self.reconstruct_crops(self.detect(image, all_faces))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +186,7 @@ def write_reconstruction(
         "image_size": list(loaded.size),
         "landmarks_crop": np.round(rec.face.landmarks, 3).tolist(),
         "landmark_error_px": round(rec.landmark_error, 3),
+        "quality": None if rec.quality is None else rec.quality.to_json(),
         "code": {k: np.round(v, 6).tolist() for k, v in arrays.items()},
         "conventions": "FLAME axes (x left of the subject, y up, z out); axis-angle radians; "
         "camera = DECA orthographic (s, tx, ty) on the 224 crop; light = 9x3 SH",
@@ -253,6 +269,59 @@ def write_overlays(
     ]
 
 
+#: Faces fitted together by :func:`reconstruct_files` (photos are gathered until a batch
+#: is full: a batch of 8 costs about twice one face for ``fit``).
+BATCH_FACES = 8
+
+
+@dataclass
+class _Photo:
+    index: int
+    path: Path
+    loaded: LoadedImage
+    faces: list[AlignedFace]
+
+
+def _write_photo(photo: _Photo, recs, reconstructor, root, out_dir, method_label):
+    """Write one photo's reconstructions; its (path, status, reason) and per-face lines."""
+    from emorig.faces.pipeline import output_stem
+
+    stem = output_stem(photo.path, root, out_dir)
+    for k, rec in enumerate(recs):
+        name = stem if len(recs) == 1 else stem.with_name(f"{stem.name}_{k}")
+        write_reconstruction(rec, photo.loaded, reconstructor, name, method_label)
+    errors = ", ".join(f"{rec.landmark_error:.1f}" for rec in recs)
+    lines = [
+        (f"{photo.path}" + (f" face {k}" if len(recs) > 1 else ""), rec.quality)
+        for k, rec in enumerate(recs)
+        if rec.quality is not None
+    ]
+    reason = f"{len(recs)} face(s), landmark error {errors} px"
+    return (str(photo.path), "done", reason), lines
+
+
+def _run_batch(batch: list[_Photo], reconstructor, root, out_dir, method_label, results, notes):
+    """Reconstruct the faces of several photos at once (each photo alone when that fails)."""
+    try:
+        recs = reconstructor.reconstruct_crops([f for p in batch for f in p.faces])
+        groups, at = [], 0
+        for p in batch:
+            groups.append(recs[at : at + len(p.faces)])
+            at += len(p.faces)
+    except (EmorigError, RuntimeError, ValueError):
+        groups = [None] * len(batch)
+    for p, recs in zip(batch, groups, strict=True):
+        try:
+            if recs is None:
+                recs = reconstructor.reconstruct_crops(p.faces)
+            results[p.index], lines = _write_photo(
+                p, recs, reconstructor, root, out_dir, method_label
+            )
+            notes.extend(lines)
+        except (EmorigError, OSError, RuntimeError, ValueError) as err:
+            results[p.index] = (str(p.path), "failed", short_reason(err))
+
+
 def reconstruct_files(
     files: list[Path],
     root: Path,
@@ -261,33 +330,42 @@ def reconstruct_files(
     method_label: str,
     all_faces: bool = False,
     progress=None,
+    notes: list[tuple[str, FitQuality]] | None = None,
+    batch_faces: int = BATCH_FACES,
 ) -> list[tuple[str, str, str]]:
     """Reconstruct every photo; returns (path, status, reason) per file, never stopping on a
-    bad one."""
-    from emorig.faces.pipeline import output_stem
+    bad one.
 
-    results = []
+    Faces of consecutive photos are reconstructed together, ``batch_faces`` at a time. When
+    ``notes`` is given, ``(label, quality)`` is appended to it for every face written: the
+    photo's path (and ``face K`` with several) and its
+    :class:`~emorig.reconstruct.fitting_common.FitQuality`.
+    """
+    results: list[tuple[str, str, str] | None] = [None] * len(files)
+    notes = [] if notes is None else notes
+    batch: list[_Photo] = []
     iterator = progress(files) if progress is not None else files
-    for path in iterator:
+    for i, path in enumerate(iterator):
         try:
             loaded = read_image(path)
         except ImageReadError as err:
-            results.append((str(path), "unreadable", err.reason))
+            results[i] = (str(path), "unreadable", err.reason)
             continue
         try:
-            recs = reconstructor.reconstruct(loaded.pixels, all_faces)
-            if not recs:
-                results.append((str(path), "no face", "no face found"))
-                continue
-            stem = output_stem(path, root, out_dir)
-            for k, rec in enumerate(recs):
-                name = stem if len(recs) == 1 else stem.with_name(f"{stem.name}_{k}")
-                write_reconstruction(rec, loaded, reconstructor, name, method_label)
-            errors = ", ".join(f"{rec.landmark_error:.1f}" for rec in recs)
-            results.append((str(path), "done", f"{len(recs)} face(s), landmark error {errors} px"))
+            faces = reconstructor.detect(loaded.pixels, all_faces)
         except (EmorigError, OSError, RuntimeError, ValueError) as err:
-            results.append((str(path), "failed", short_reason(err)))
-    return results
+            results[i] = (str(path), "failed", short_reason(err))
+            continue
+        if not faces:
+            results[i] = (str(path), "no face", "no face found")
+            continue
+        batch.append(_Photo(i, path, loaded, faces))
+        if sum(len(p.faces) for p in batch) >= batch_faces:
+            _run_batch(batch, reconstructor, root, out_dir, method_label, results, notes)
+            batch = []
+    if batch:
+        _run_batch(batch, reconstructor, root, out_dir, method_label, results, notes)
+    return [r for r in results if r is not None]
 
 
 def load_model(
