@@ -135,10 +135,12 @@ def test_edits_json_records_the_emotion_edit(trained, counted, tmp_path):
     args = ["edit", "--model", str(folder), "--source", str(data), "--indices", "1",
             "--emotion", "sad", "--intensity", "0.5", "--sweep", "3", "--steps", "ddim2",
             "--out", str(out)]  # fmt: skip
-    assert main(args) == 0
-    assert main(args) == 0
+    # a 2-step model barely moves the face: the status follows the pixel check (1: not moved)
+    statuses = [main(args), main(args)]
     assert len(counted) == 1  # the second edit loaded the predictor
     record = json.loads((out / "edits.json").read_text())
+    moved = all(c["moved"] for c in record["emotion_checks"].values())
+    assert statuses == [0 if moved else 1] * 2
     assert record["modes"] == ["emotion"]
     edit = record["emotion_edit"]
     assert edit["emotion"] == "sad"

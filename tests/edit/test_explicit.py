@@ -50,7 +50,8 @@ def test_head_turns_are_relative_to_the_photo_pose():
         torch.tensor(math.radians(15.0)), torch.tensor(0.0), torch.tensor(0.0)
     )
     expected = turn @ axis_angle_to_matrix(code.global_pose)
-    torch.testing.assert_close(axis_angle_to_matrix(edited.global_pose), expected, atol=1e-5, rtol=0)
+    got = axis_angle_to_matrix(edited.global_pose)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
 def test_identity_terms_and_bad_terms_are_refused():

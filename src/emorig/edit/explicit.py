@@ -13,9 +13,10 @@ parse_face_spec`), read as a change of the source's code:
 ``--light`` moves the spherical-harmonics light in image terms: ``left``, ``right``,
 ``above``, ``below``, ``front`` with a strength (1 when omitted): a surface facing that way gets
 ``1 + strength`` times the ambient shading, one facing away ``1 - strength`` times (so 0.3 is
-a soft key light, 1 leaves the far side dark), and ``ambient=F`` scales the ambient term (and with it the overall
-brightness). Terms add up: ``left=0.6+above=0.3``. DECA's SH layout: coefficient 1 is x (the
-subject's left, image right), 2 is y (up), 3 is z (towards the camera).
+a soft key light, 1 leaves the far side dark), and ``ambient=F`` scales the ambient term (and
+with it the overall brightness). Terms add up: ``left=0.6+above=0.3``. DECA's SH layout:
+coefficient 1 is x (the subject's left, image right), 2 is y (up), 3 is z (towards the
+camera).
 """
 
 from __future__ import annotations
