@@ -19,6 +19,8 @@ order; append one there to add a section):
 3. ``optimisers``: the batched L-BFGS against ``torch.optim.Adam``, ``torch.optim.LBFGS``
    and a naive start, at the same evaluation budget (error ratio = baseline / emorig's landmark
    error, time ratio = baseline / emorig's seconds per image).
+4. ``warp_edits``: seconds per ``--method warp`` edit (jaw, smile, yaw, relight) of the fitted
+   astronaut at 512^2 and 1024^2 (``bench_warp.py``).
 
 Faces: the built-in head rendered from known random codes (identity N(0, 0.5^2) in the first
 20 components, two named expressions, jaw 0-14 degrees, pitch +-10, camera s ~ 9); the targets
@@ -253,7 +255,16 @@ def optimisers(bench: Bench) -> None:
 
 #: The benchmark's sections, run in order by :func:`main`; append a function taking a
 #: :class:`Bench` to add one.
-SECTIONS = [speed, accuracy, optimisers]
+def warp_edits(bench: Bench) -> None:
+    """Seconds per warp edit of a fitted real photo at 512^2 and 1024^2 (what ``emorig edit
+    --method warp`` does after the fit; details in ``bench_warp.py``)."""
+    import bench_warp
+
+    print("\n== warp edits of the fitted astronaut (after the fit), seconds per edit")
+    bench_warp.report(1 if bench.quick else 5, torch.device("cpu"))
+
+
+SECTIONS = [speed, accuracy, optimisers, warp_edits]
 
 
 def main() -> None:

@@ -5,8 +5,11 @@ optimised until an emotion predictor says what was asked; identity, pose, light,
 camera are not touched. The objective for ``--emotion E --intensity s`` is the cross-entropy
 to the mixture ``s · onehot(E) + (1 − s) · p_source`` (intensity 0 keeps the source's
 emotion, 1 asks for a clear E), for ``--valence V --arousal A`` the squared error of the
-predicted valence/arousal; plus ``λ ||Δ||²`` on the change of expression and jaw, which keeps
-the solution near the source (and inside the range the face model was built for).
+predicted valence/arousal; plus ``λ ||Δ||²`` on the change of expression and jaw from the
+search's start, which keeps the solution near it (and inside the range the face model was
+built for). The start is the source's code, or on the built-in head the source blended towards
+the emotion's preset by the intensity: then the preset is what is refined, not pulled back
+towards the source's own expression.
 
 Predictors (:class:`CodePredictor`):
 
@@ -210,7 +213,8 @@ def find_expression(
         predictor: emotion of codes.
         target: the requested emotion.
         steps, lr: Adam iterations and step size.
-        regulariser: λ on ``||Δ expression||² + ||Δ jaw||²`` (mean over entries x 100).
+        regulariser: λ on ``||Δ expression||² + ||Δ jaw||²`` from the start (mean over entries
+            x 100).
         start: initial expression/jaw (e.g. a preset blend); default the source's.
 
     Returns:
@@ -225,6 +229,10 @@ def find_expression(
     with torch.no_grad():
         before = predictor(code)
     init = start if start is not None else code
+    # the change is measured from the start: a preset blend is the expression asked for, and
+    # pulling back towards the source's own expression undid it on faces that already show
+    # another one (a surprise edit of a calm face ended a third of the way there)
+    anchor = init
     expression = init.expression.detach().clone().requires_grad_(True)
     jaw = init.jaw_pose.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([expression, jaw], lr=lr)
@@ -246,9 +254,9 @@ def find_expression(
             if target.valence is not None:
                 goal = torch.tensor([target.valence, target.arousal]).to(out.valence_arousal)
                 loss = loss + 4 * (out.valence_arousal - goal).pow(2).sum(-1).mean()
-            change = (expression - code.expression).pow(2).mean() + (jaw - code.jaw_pose).pow(
-                2
-            ).mean()
+            change = (expression - anchor.expression).pow(2).mean() + (
+                jaw - anchor.jaw_pose
+            ).pow(2).mean()
             loss = loss + regulariser * 100 * change
             opt.zero_grad(set_to_none=True)
             loss.backward()

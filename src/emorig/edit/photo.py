@@ -139,6 +139,9 @@ class EmotionCheck:
 MIN_CODE_CHANGE = 0.05
 #: Below this mean change (0-255) two sweep frames count as the same picture.
 MIN_FRAME_CHANGE = 0.25
+#: The least rise of the requested class's probability that counts (0.1 percentage point:
+#: below it the recogniser's reading has not changed, only its rounding noise).
+MIN_RISE = 0.001
 
 
 def emotion_check(
@@ -177,10 +180,10 @@ def emotion_check(
             problems.append(f"the found expression is the source's (change {change:.3f})")
         if steps and min(steps) < MIN_FRAME_CHANGE:
             problems.append(f"sweep frames do not differ (mean change {min(steps):.2f}/255)")
-        if float(after[k]) <= float(before[k]):
+        if float(after[k]) - float(before[k]) < MIN_RISE:
             problems.append(
                 f"the recogniser's p({emotion}) did not rise "
-                f"({float(before[k]):.3f} -> {float(after[k]):.3f})"
+                f"({float(before[k]):.4f} -> {float(after[k]):.4f})"
             )
     return EmotionCheck(b, a, change, steps, already, tuple(problems))
 
