@@ -254,9 +254,8 @@ def find_expression(
             if target.valence is not None:
                 goal = torch.tensor([target.valence, target.arousal]).to(out.valence_arousal)
                 loss = loss + 4 * (out.valence_arousal - goal).pow(2).sum(-1).mean()
-            change = (expression - anchor.expression).pow(2).mean() + (
-                jaw - anchor.jaw_pose
-            ).pow(2).mean()
+            d_expression = (expression - anchor.expression).pow(2).mean()
+            change = d_expression + (jaw - anchor.jaw_pose).pow(2).mean()
             loss = loss + regulariser * 100 * change
             opt.zero_grad(set_to_none=True)
             loss.backward()
