@@ -96,3 +96,23 @@ def test_a_synthetic_trained_model_on_a_photo_warns_once(photo, tmp_path, capsys
     assert "--method warp" in warnings[0]
     edited = np.asarray(Image.open(out / "astronaut_jaw=10.png"))
     assert edited.shape == np.asarray(Image.open(photo)).shape
+
+
+def test_bad_photos_say_one_line_each(photo, tmp_path, capsys):
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (300, 200), (120, 140, 160)).save(blank)
+    code = main(["edit", "--source", str(blank), "--face", "smile", "--out", str(tmp_path / "a")])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "blank.png: no face found" in err
+    assert "no usable face" in err
+    assert "Traceback" not in err
+    # two people: the largest is edited, and the command says so
+    face = np.asarray(Image.open(photo))[:300, 100:400]
+    pair = np.ascontiguousarray(np.concatenate([face, face[:, ::-1]], 1))  # her and her mirror
+    two = tmp_path / "two.png"
+    Image.fromarray(pair).save(two)
+    code = main(["edit", "--source", str(two), "--face", "jaw=10", "--out", str(tmp_path / "b")])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "2 faces; editing the largest" in err
