@@ -441,3 +441,34 @@ def test_cli_now_prints_scan_to_mesh_error(tmp_path, capsys):
              str(tmp_path / "bad.txt"), "--mesh", str(tmp_path / "mesh.obj"),
              "--mesh-landmarks", str(tmp_path / "mesh.txt")]
         )  # fmt: skip
+
+
+def test_methods_are_compared_on_the_same_pairs(data, model, renderer, tmp_path):
+    from emorig.edit.methods import WarpEditor
+
+    album, _, _ = data
+    torch.manual_seed(0)
+    encoder = DecaModel(DecaConfig(backbone="resnet18", backbone_width=8, head_hidden=32)).eval()
+    refiner = Editor(model, renderer, timesteps="ddim2")
+    methods = {
+        "warp": WarpEditor(renderer),
+        "warp+diffusion": WarpEditor(renderer, refiner=refiner, strength=0.5),
+    }
+    ev = evaluate_model(
+        model, album, renderer=renderer, reconstruct=encoder_reconstructor(encoder),
+        modes=("exp", "light"), pairs=3, steps="ddim2", batch_size=3, methods=methods,
+    )  # fmt: skip
+    names = [r.name for r in ev.errors]
+    for method in methods:
+        for mode in ("exp", "light"):
+            assert f"{mode} · {method}" in names
+    rows = {r.name: r for r in ev.errors}
+    assert all(rows[f"exp · {m}"].errors.n == 3 for m in methods)
+    assert rows["exp · warp"].kind == "edit"
+    assert rows["exp · warp"].primary == "expression_l2"
+    assert ev.settings["methods"] == ["warp", "warp+diffusion"]
+    # the three methods edit differently: their re-reconstructed codes differ
+    values = {rows[n].errors.expression_l2 for n in ("exp", "exp · warp", "exp · warp+diffusion")}
+    assert len(values) == 3
+    html = write_report(ev, tmp_path / "report", title="methods")
+    assert "exp · warp+diffusion" in html.read_text()
