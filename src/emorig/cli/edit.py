@@ -12,8 +12,8 @@ from pathlib import Path
 
 from emorig.cli import options
 from emorig.cli.edit_requests import (
+    base_record,
     emotion_levels,
-    emotion_record,
     explicit_code,
     explicit_label,
     finish_emotion_checks,
@@ -394,18 +394,9 @@ def _write_record(
 
     explicit = args.face is not None or args.light is not None
     record = {
-        "method": method,
-        "model": None if args.model is None else str(args.model),
-        "source": str(args.source),
-        "target": None if args.target is None else str(args.target),
-        "emotion": None if emotion is None else emotion.describe(),
-        "emotion_edit": None if emotion is None else emotion_record(emotion, predictor, args),
-        "emotion_checks": checks or None,
-        "face": args.face,
-        "light": args.light,
+        **base_record(args, method, emotion, predictor, checks),
         "target_index": None if (emotion is not None or explicit) else args.target_index,
         "modes": ["emotion"] if emotion is not None else (["named"] if explicit else list(modes)),
-        "strength": args.strength if method == "warp+diffusion" else None,
         "steps": args.steps if method != "warp" else None,
         "invert": args.invert,
         "seed": args.seed,

@@ -211,24 +211,14 @@ def _check(face, pairs, images, emotion: str, args) -> dict:
 
 
 def _record(args, out: Path, method, emotion, request, grids, faces, checks) -> None:
-    """``OUT/edits.json`` of a photo run (see :func:`emorig.cli.edit._write_record`)."""
-    from emorig.cli.edit_requests import emotion_record
+    """``OUT/edits.json`` of a photo run: :func:`~emorig.cli.edit_requests.base_record`'s
+    fields, the photos (with their fit quality) and the grids."""
+    from emorig.cli.edit_requests import base_record
     from emorig.io.atomic import atomic_write
 
     record = {
-        "method": method,
-        "model": None if args.model is None else str(args.model),
-        "source": str(args.source),
-        "target": None if args.target is None else str(args.target),
-        "emotion": None if emotion is None else emotion.describe(),
-        "emotion_edit": None
-        if emotion is None
-        else emotion_record(emotion, request.predictor, args),
-        "emotion_checks": checks or None,
-        "face": args.face,
-        "light": args.light,
+        **base_record(args, method, emotion, request.predictor, checks),
         "modes": list(request.modes) if request.target is not None else None,
-        "strength": args.strength if method == "warp+diffusion" else None,
         "photos": faces,
         "grids": [str(g) for g in grids],
     }

@@ -10,6 +10,7 @@ from pathlib import Path
 from emorig.cli.output import say
 
 __all__ = [
+    "base_record",
     "emotion_levels",
     "emotion_record",
     "explicit_code",
@@ -102,3 +103,20 @@ def recognizer_of(args, load):
         cached = load(args.recognizer, device=args.device)
         args._recognizer_model = cached
     return cached
+
+
+def base_record(args: argparse.Namespace, method: str, emotion, predictor, checks) -> dict:
+    """What every ``edits.json`` starts with: the method, model, inputs, the request and, for
+    emotion edits, the request as run and each face's pixel check."""
+    return {
+        "method": method,
+        "model": None if args.model is None else str(args.model),
+        "source": str(args.source),
+        "target": None if args.target is None else str(args.target),
+        "emotion": None if emotion is None else emotion.describe(),
+        "emotion_edit": None if emotion is None else emotion_record(emotion, predictor, args),
+        "emotion_checks": checks or None,
+        "face": args.face,
+        "light": args.light,
+        "strength": args.strength if method == "warp+diffusion" else None,
+    }
