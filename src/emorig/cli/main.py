@@ -21,6 +21,7 @@ from emorig.cli import (
     prepare,
     reconstruct,
     render,
+    studio,
     synth,
     train,
 )
@@ -46,6 +47,7 @@ COMMANDS = (
     ablation,
     emotion,
     render,
+    studio,
 )
 
 

@@ -236,21 +236,25 @@ def write_reconstruction(
     return written
 
 
+def shape_overlay(renderer, code: FaceCode, face: AlignedFace, pixels: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8: the photo with the code's grey shape drawn over the face (85 %)."""
+    from emorig.io.images import to_uint8
+
+    device = code.expression.device
+    crop = face.crop_transform()
+    crop = type(crop)(crop.matrix.to(device), crop.crop_size, crop.image_size)
+    photo = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float().to(device) / 255
+    with torch.no_grad():
+        shape, alpha = renderer.render_shape(code, crop=crop, background=photo)
+    return to_uint8((shape * alpha * 0.85 + photo * (1 - alpha * 0.85))[0])
+
+
 def write_overlays(
     rec: Reconstruction, loaded: LoadedImage, reconstructor: Reconstructor, stem: Path
 ) -> list[Path]:
     """Landmarks (detected green, reconstructed red) and the shape on the original photo."""
     r = reconstructor.renderer
-    crop = rec.face.crop_transform()
-    crop = type(crop)(crop.matrix.to(reconstructor.device), crop.crop_size, crop.image_size)
-    photo = (
-        torch.from_numpy(loaded.pixels.copy())
-        .permute(2, 0, 1)[None]
-        .float()
-        .to(reconstructor.device)
-        / 255
-    )
-    shape, alpha = r.render_shape(rec.code, crop=crop, background=photo)
+    blend = shape_overlay(r, rec.code, rec.face, loaded.pixels)
     h, w = loaded.size
     projected = r.project(r.geometry(rec.code).landmarks2d, rec.code)[0, :, :2]
     crop_px = ndc_to_pixels(projected, CROP, CROP).cpu().numpy()
@@ -262,10 +266,9 @@ def write_overlays(
         (p, (255, 60, 60)) for p in photo_px
     ]:
         draw.ellipse((x - rad, y - rad, x + rad, y + rad), fill=colour)
-    blend = shape * alpha * 0.85 + photo * (1 - alpha * 0.85)
     return [
         save_png(np.asarray(pic), stem.with_name(stem.name + "_landmarks.png")),
-        save_png(blend[0], stem.with_name(stem.name + "_shape_overlay.png")),
+        save_png(blend, stem.with_name(stem.name + "_shape_overlay.png")),
     ]
 
 
@@ -381,5 +384,6 @@ __all__ = [
     "Reconstructor",
     "load_model",
     "reconstruct_files",
+    "shape_overlay",
     "write_reconstruction",
 ]
