@@ -18,6 +18,9 @@ from emorig.types import EMOTION_CLASSES
 
 __all__ = ["build_page", "gradio_module"]
 
+#: The image buttons: no "share" (it posts to a hosting service); download and full screen.
+_IMAGE_BUTTONS = ["download", "fullscreen"]
+
 #: Shown in the status line when something unexpected fails (the details go to the terminal).
 _UNEXPECTED = "Something went wrong with this step; the terminal running emorig studio says what."
 
@@ -79,10 +82,8 @@ def build_page(new_session: Callable[[], StudioSession], *, refine: bool, out_di
                 face = gr.Dropdown(["face 1"], value="face 1", label="face", visible=False,
                                    elem_id="face")  # fmt: skip
                 quality = gr.Markdown("", elem_id="quality")
-                overlay = gr.Image(label="fitted 3D face", type="numpy", interactive=False,
-                                   elem_id="overlay")  # fmt: skip
-                shape = gr.Image(label="3D face asked for", type="numpy", interactive=False,
-                                 elem_id="shape")  # fmt: skip
+                overlay = _image(gr, "fitted 3D face", "overlay")
+                shape = _image(gr, "3D face asked for", "shape")
             with gr.Column(scale=1):
                 emotion = gr.Dropdown(["none", *EMOTION_CLASSES], value="none", label="emotion",
                                       elem_id="emotion")  # fmt: skip
@@ -110,8 +111,7 @@ def build_page(new_session: Callable[[], StudioSession], *, refine: bool, out_di
                 ]
                 reset = gr.Button("reset", elem_id="reset")
             with gr.Column(scale=1):
-                preview = gr.Image(label="preview", type="numpy", interactive=False,
-                                   elem_id="preview")  # fmt: skip
+                preview = _image(gr, "preview", "preview")
                 timing = gr.Markdown("", elem_id="timing")
                 with gr.Row():
                     download = gr.Button("make the download", elem_id="make_download")
@@ -129,6 +129,13 @@ def build_page(new_session: Callable[[], StudioSession], *, refine: bool, out_di
         _wire(gr, page, state, new_session, upload, face, controls, views, reset, download,
               refine_button, cancel, files, out_dir)  # fmt: skip
     return page
+
+
+def _image(gr, label: str, elem_id: str):
+    """An image the page shows (not an input), without Gradio's "share" button."""
+    return gr.Image(
+        label=label, type="numpy", interactive=False, buttons=_IMAGE_BUTTONS, elem_id=elem_id
+    )
 
 
 def _views(gr, session: StudioSession, controls: Controls, note: str = "") -> list:
