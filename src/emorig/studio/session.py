@@ -7,7 +7,8 @@ browser.
 
 Controls (:class:`Controls`) are changes of the photo's fitted code, so every slider at zero
 gives the photo back exactly: an emotion (found by the expression search of
-``emorig edit --emotion``, cached per emotion and intensity), named expressions of the
+``emorig edit --emotion`` at full intensity, once per face and emotion; the intensity blends
+towards it), named expressions of the
 built-in head added to the photo's coefficients, a jaw opening added in degrees, a head
 turn (yaw / pitch / roll, degrees, relative to the photo's pose) and a light from a direction
 in the image plane with a strength. The preview warps a copy of the photo at most
@@ -292,12 +293,14 @@ class StudioSession:
         return pose_kept(self.renderer, base, code)
 
     def _emotion(self, base: FaceCode, emotion: str, intensity: float) -> FaceCode:
-        """``base`` with the expression the emotion search finds (cached)."""
+        """``base`` moved towards the expression the emotion search finds at full intensity
+        (searched once per face and emotion, then blended by ``intensity``, so moving the
+        intensity slider costs no search)."""
         if emotion == "none" or intensity <= 0:
             return base
         if emotion not in EMOTION_CLASSES:
             raise EmorigError(f"Unknown emotion '{emotion}'.")
-        key = (self.index, emotion, round(intensity, 3))
+        key = (self.index, emotion)
         if key not in self._emotion_cache:
             from emorig.edit.emotion import EmotionTarget
             from emorig.edit.modes import edit_mode
@@ -307,9 +310,13 @@ class StudioSession:
 
                 device = self.renderer.flame.v_template.device
                 self.predictor = emotion_predictor("codes", self.renderer, "builtin", None, device)
-            target = EmotionTarget(emotion, intensity)
+            target = EmotionTarget(emotion, 1.0)
             self._emotion_cache[key] = edit_mode("emotion").search(base, self.predictor, target)
-        return self._emotion_cache[key]
+        full = self._emotion_cache[key]
+        return base.replace(
+            expression=base.expression + intensity * (full.expression - base.expression),
+            jaw_pose=base.jaw_pose + intensity * (full.jaw_pose - base.jaw_pose),
+        )
 
     def preview(self, controls: Controls) -> tuple[np.ndarray, float]:
         """The edit of a copy at most :data:`PREVIEW_SIDE` on a side, and its seconds."""
