@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -59,14 +61,17 @@ def cmd_studio(args: argparse.Namespace) -> int:
 
     from emorig.studio.app import build_page, gradio_module
 
-    gradio_module()  # one clear line before anything loads when Gradio is missing
     scratch = Path(tempfile.mkdtemp(prefix="emorig-studio-"))
+    # uploads go to this run's scratch folder (Gradio reads the variable when imported)
     os.environ.setdefault("GRADIO_TEMP_DIR", str(scratch / "uploads"))
+    gradio_module()  # one clear line before anything loads when Gradio is missing
     out = scratch / "downloads" if args.share_nothing else Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     new_session, refine = session_factory(args.model, args.assets, args.device or "cpu")
     page = build_page(new_session, refine=refine, out_dir=str(out))
     say(f"emorig studio: http://{args.host}:{args.port} (Ctrl+C stops it)")
+    # a plain `kill` stops it as Ctrl+C does, so the scratch folder is removed either way
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         page.queue().launch(**launch_options(args.host, args.port, out))
     finally:
