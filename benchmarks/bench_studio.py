@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import socket
 import statistics
 import tempfile
 import time
@@ -38,19 +37,6 @@ def _wait(condition, timeout: float = 60.0):
             return value
         time.sleep(0.02)
     raise TimeoutError("the page did not answer")
-
-
-def _start(out: Path):
-    from emorig.cli.studio import launch_options, session_factory
-    from emorig.studio.app import build_page
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    new_session, refine = session_factory(None, None, "cpu")
-    page = build_page(new_session, refine=refine, out_dir=str(out))
-    page.queue().launch(prevent_thread_lock=True, **launch_options("127.0.0.1", port, out))
-    return page, f"http://127.0.0.1:{port}"
 
 
 def _browser():
@@ -105,7 +91,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-studio-"))
     photo = work / "astronaut.png"
     Image.fromarray(data.astronaut()).save(photo)
-    page, url = _start(work)
+    from emorig.cli.studio import serve_in_background
+
+    page, url = serve_in_background(work)
     driver = _browser()
     try:
         driver.get(url)

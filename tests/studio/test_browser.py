@@ -12,7 +12,6 @@ import io
 import os
 import re
 import shutil
-import socket
 import time
 import urllib.request
 
@@ -49,17 +48,10 @@ def _serve(tmp_path_factory):
             __import__(module)
         except ImportError:
             _need(False, module)
-    from emorig.cli.studio import launch_options, session_factory
-    from emorig.studio.app import build_page
+    from emorig.cli.studio import serve_in_background
 
-    out = tmp_path_factory.mktemp("studio-downloads")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    new_session, refine = session_factory(None, None, "cpu")
-    page = build_page(new_session, refine=refine, out_dir=str(out))
-    page.queue().launch(prevent_thread_lock=True, **launch_options("127.0.0.1", port, out))
-    yield f"http://127.0.0.1:{port}"
+    page, url = serve_in_background(tmp_path_factory.mktemp("studio-downloads"))
+    yield url
     page.close()
 
 

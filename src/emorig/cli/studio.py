@@ -97,6 +97,22 @@ def launch_options(host: str, port: int, out: Path) -> dict:
     }
 
 
+def serve_in_background(out: Path, model: str | None = None, device: str = "cpu"):
+    """Start the studio on a free local port without blocking (tests, benchmarks); returns
+    the Gradio page (``page.close()`` stops it) and its address."""
+    import socket
+
+    from emorig.studio.app import build_page
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    new_session, refine = session_factory(model, None, device)
+    page = build_page(new_session, refine=refine, out_dir=str(out))
+    page.queue().launch(prevent_thread_lock=True, **launch_options("127.0.0.1", port, out))
+    return page, f"http://127.0.0.1:{port}"
+
+
 def session_factory(model: str | None, assets: str | None, device: str):
     """``(new_session, refine)``: a function making a visitor's session (sharing one head,
     renderer, fitter and emotion predictor, loaded once here) and whether a model refines."""
@@ -132,4 +148,10 @@ def session_factory(model: str | None, assets: str | None, device: str):
     return new_session, refiner is not None
 
 
-__all__ = ["add_parser", "cmd_studio", "launch_options", "session_factory"]
+__all__ = [
+    "add_parser",
+    "cmd_studio",
+    "launch_options",
+    "serve_in_background",
+    "session_factory",
+]
