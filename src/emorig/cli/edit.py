@@ -26,7 +26,7 @@ from emorig.errors import EmorigError
 
 #: The command's name and its line in ``emorig --help``.
 NAME = "edit"
-HELP = "edit expression, pose, light (or latent) of faces with a diffusion model"
+HELP = "change expression, pose, light or emotion in photos: warp (no model) or diffusion"
 
 
 EDIT_DESCRIPTION = """\
