@@ -31,19 +31,16 @@ a possibly shared machine; the landmark errors are deterministic.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 from dataclasses import dataclass
 
 import torch
 
-from emorig.flame.builtin import builtin_head, expression_index
+from emorig.flame.builtin import builtin_head
 from emorig.geometry.landmarks import yaw_of_rotation
 from emorig.geometry.rotations import (
     axis_angle_to_matrix,
-    matrix_to_axis_angle,
-    yaw_pitch_roll_to_matrix,
 )
 from emorig.reconstruct.fitting import (
     DEFAULT_PITCHES,
@@ -54,47 +51,11 @@ from emorig.reconstruct.fitting import (
     initialise_pose,
     project_landmarks,
 )
+from emorig.reconstruct.synthetic_eval import fit_test_codes
 from emorig.render.face import FaceRenderer
-from emorig.render.showcase import studio_light
 from emorig.types import FaceCode
 
 PX = 112.0
-EXPRESSIONS = ("smile", "frown", "brow_raise", "blink", "lip_pucker", "mouth_stretch", "sad")
-
-
-def known_codes(b: int, seed: int, max_yaw: float = 30.0) -> FaceCode:
-    g = torch.Generator().manual_seed(seed)
-    uniform = lambda n, lo, hi: lo + (hi - lo) * torch.rand(n, generator=g)  # noqa: E731
-    shape = torch.zeros(b, 100)
-    shape[:, :20] = 0.5 * torch.randn(b, 20, generator=g)
-    expression = torch.zeros(b, 50)
-    for i in range(b):
-        for k in torch.randperm(len(EXPRESSIONS), generator=g)[:2].tolist():
-            expression[i, expression_index(EXPRESSIONS[k])] = float(uniform(1, 0.3, 0.9))
-    jaw = torch.zeros(b, 3)
-    jaw[:, 0] = uniform(b, 0.0, 0.25)
-    deg = math.radians
-    pose = matrix_to_axis_angle(
-        yaw_pitch_roll_to_matrix(
-            uniform(b, -deg(max_yaw), deg(max_yaw)),
-            uniform(b, -deg(10), deg(10)),
-            uniform(b, -deg(5), deg(5)),
-        )
-    )
-    camera = torch.stack(
-        [uniform(b, 8.5, 9.5), uniform(b, -0.01, 0.01), uniform(b, -0.01, 0.01)], -1
-    )
-    albedo = torch.zeros(b, 50)
-    albedo[:, :10] = 0.5 * torch.randn(b, 10, generator=g)
-    return FaceCode.neutral(b).replace(
-        shape=shape,
-        expression=expression,
-        jaw_pose=jaw,
-        global_pose=pose,
-        camera=camera,
-        albedo=albedo,
-        light=studio_light(b),
-    )
 
 
 def yaw_degrees(pose: torch.Tensor) -> torch.Tensor:
@@ -275,7 +236,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     renderer = FaceRenderer(builtin_head())
-    true = known_codes(8, seed=1, max_yaw=45.0)
+    true = fit_test_codes(8, 1, max_yaw=45.0, albedo=True)
     with torch.no_grad():
         out = renderer(true, 224)
     g = torch.Generator().manual_seed(2)

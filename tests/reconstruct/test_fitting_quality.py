@@ -11,8 +11,6 @@ from emorig.flame.model import FlameModel
 from emorig.geometry.landmarks import yaw_of_rotation
 from emorig.geometry.rotations import (
     axis_angle_to_matrix,
-    matrix_to_axis_angle,
-    yaw_pitch_roll_to_matrix,
 )
 from emorig.reconstruct.fitting import (
     EYE_PAIRS,
@@ -27,49 +25,16 @@ from emorig.reconstruct.fitting_photometric import (
     _PhotometricProblem,
     _ShadingProblem,
 )
+from emorig.reconstruct.synthetic_eval import fit_test_codes
 from emorig.render.face import FaceRenderer
-from emorig.render.showcase import studio_light
-from emorig.types import FaceCode
 
 PX = 112.0
 
 
 def known_codes(b, seed, yaw_degrees=None):
-    """Random faces as ``test_fitting.known_codes`` makes them: identity N(0, 0.5^2) in the
-    first 20 components, two named expressions, jaw 0-0.25 rad, yaw within +-30 degrees (or
-    the given one), pitch +-10, roll +-5, s ~ 9."""
-    g = torch.Generator().manual_seed(seed)
-
-    def uniform(n, low, high):
-        return low + (high - low) * torch.rand(n, generator=g)
-
-    names = ("smile", "frown", "brow_raise", "blink", "lip_pucker", "mouth_stretch", "sad")
-    shape = torch.zeros(b, 100)
-    shape[:, :20] = 0.5 * torch.randn(b, 20, generator=g)
-    expression = torch.zeros(b, 50)
-    for i in range(b):
-        for k in torch.randperm(len(names), generator=g)[:2].tolist():
-            expression[i, expression_index(names[k])] = float(uniform(1, 0.3, 0.9))
-    jaw = torch.zeros(b, 3)
-    jaw[:, 0] = uniform(b, 0.0, 0.25)
-    limit = math.radians(30)
-    yaw = uniform(b, -limit, limit)
-    if yaw_degrees is not None:
-        yaw = torch.full((b,), math.radians(yaw_degrees))
-    pitch = uniform(b, -math.radians(10), math.radians(10))
-    roll = uniform(b, -math.radians(5), math.radians(5))
-    pose = matrix_to_axis_angle(yaw_pitch_roll_to_matrix(yaw, pitch, roll))
-    camera = torch.stack(
-        [uniform(b, 8.5, 9.5), uniform(b, -0.01, 0.01), uniform(b, -0.01, 0.01)], -1
-    )
-    return FaceCode.neutral(b).replace(
-        shape=shape,
-        expression=expression,
-        jaw_pose=jaw,
-        global_pose=pose,
-        camera=camera,
-        light=studio_light(b),
-    )
+    """Random faces with known codes (:func:`~emorig.reconstruct.synthetic_eval.
+    fit_test_codes`, as the fitting benchmark makes them)."""
+    return fit_test_codes(b, seed, yaw_degrees=yaw_degrees)
 
 
 def yaw_degrees(pose):

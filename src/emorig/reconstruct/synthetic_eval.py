@@ -95,3 +95,66 @@ def evaluate_encoder(
         count += s.n
     m = (totals / count).tolist()
     return SyntheticScores(m[0], m[1], m[2], m[3], count)
+
+
+#: Named expressions of the built-in head that :func:`fit_test_codes` mixes.
+FIT_TEST_EXPRESSIONS = (
+    "smile",
+    "frown",
+    "brow_raise",
+    "blink",
+    "lip_pucker",
+    "mouth_stretch",
+    "sad",
+)
+
+
+def fit_test_codes(
+    b: int,
+    seed: int,
+    *,
+    max_yaw: float = 30.0,
+    yaw_degrees: float | None = None,
+    albedo: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> FaceCode:
+    """Random built-in-head faces with known codes, the ones the fitting tests and benchmark
+    fit: identity N(0, 0.5^2) in the first 20 components, two named expressions at 0.3-0.9,
+    jaw 0-0.25 rad, yaw within ``max_yaw`` degrees (or exactly ``yaw_degrees``), pitch +-10,
+    roll +-5, camera scale 8.5-9.5, the studio light; ``albedo``: the first 10 albedo
+    components N(0, 0.5^2) too. The random draws are the same whatever the options."""
+    from emorig.flame.builtin import expression_index
+    from emorig.geometry.rotations import matrix_to_axis_angle, yaw_pitch_roll_to_matrix
+    from emorig.render.showcase import studio_light
+
+    g = torch.Generator().manual_seed(seed)
+
+    def uniform(n: int, low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n, generator=g, dtype=dtype)
+
+    shape = torch.zeros(b, 100, dtype=dtype)
+    shape[:, :20] = 0.5 * torch.randn(b, 20, generator=g, dtype=dtype)
+    expression = torch.zeros(b, 50, dtype=dtype)
+    for i in range(b):
+        for k in torch.randperm(len(FIT_TEST_EXPRESSIONS), generator=g)[:2].tolist():
+            expression[i, expression_index(FIT_TEST_EXPRESSIONS[k])] = float(uniform(1, 0.3, 0.9))
+    jaw = torch.zeros(b, 3, dtype=dtype)
+    jaw[:, 0] = uniform(b, 0.0, 0.25)
+    yaw = uniform(b, -math.radians(max_yaw), math.radians(max_yaw))
+    if yaw_degrees is not None:
+        yaw = torch.full((b,), math.radians(yaw_degrees), dtype=dtype)
+    pitch = uniform(b, -math.radians(10), math.radians(10))
+    roll = uniform(b, -math.radians(5), math.radians(5))
+    pose = matrix_to_axis_angle(yaw_pitch_roll_to_matrix(yaw, pitch, roll))
+    camera = torch.stack(
+        [uniform(b, 8.5, 9.5), uniform(b, -0.01, 0.01), uniform(b, -0.01, 0.01)], -1
+    )
+    code = FaceCode.neutral(b, dtype=dtype).replace(
+        shape=shape, expression=expression, jaw_pose=jaw, global_pose=pose, camera=camera,
+        light=studio_light(b, dtype=dtype),
+    )  # fmt: skip
+    if albedo:
+        values = torch.zeros(b, 50, dtype=dtype)
+        values[:, :10] = 0.5 * torch.randn(b, 10, generator=g, dtype=dtype)
+        code = code.replace(albedo=values)
+    return code
