@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from emorig.flame.builtin import builtin_head, expression_index
+from emorig.flame.builtin import builtin_head
 from emorig.flame.data import MediapipeEmbedding
 from emorig.flame.model import FlameModel
 from emorig.geometry.landmarks import yaw_of_rotation
@@ -27,6 +27,7 @@ from emorig.reconstruct.fitting import (
     landmark_weights,
     project_landmarks,
 )
+from emorig.reconstruct.synthetic_eval import fit_test_codes
 from emorig.render.face import FaceRenderer
 from emorig.render.showcase import studio_light
 from emorig.types import FaceCode
@@ -47,39 +48,9 @@ EXPRESSIONS = (
 
 
 def known_codes(b, seed, yaw_degrees=None, dtype=torch.float32):
-    """Random faces: identity N(0, 0.5^2) in the first 20 components, two named expressions,
-    jaw 0-0.25 rad, yaw within +-30 degrees (or the given one), pitch +-10, roll +-5, s ~ 9."""
-    g = torch.Generator().manual_seed(seed)
-
-    def uniform(n, low, high):
-        return low + (high - low) * torch.rand(n, generator=g, dtype=dtype)
-
-    shape = torch.zeros(b, 100, dtype=dtype)
-    shape[:, :20] = 0.5 * torch.randn(b, 20, generator=g, dtype=dtype)
-    expression = torch.zeros(b, 50, dtype=dtype)
-    for i in range(b):
-        for k in torch.randperm(len(EXPRESSIONS), generator=g)[:2].tolist():
-            expression[i, expression_index(EXPRESSIONS[k])] = float(uniform(1, 0.3, 0.9))
-    jaw = torch.zeros(b, 3, dtype=dtype)
-    jaw[:, 0] = uniform(b, 0.0, 0.25)
-    limit = math.radians(30)
-    yaw = uniform(b, -limit, limit) if yaw_degrees is None else torch.full((b,), yaw_degrees)
-    if yaw_degrees is not None:
-        yaw = torch.deg2rad(yaw).to(dtype)
-    pitch = uniform(b, -math.radians(10), math.radians(10))
-    roll = uniform(b, -math.radians(5), math.radians(5))
-    pose = matrix_to_axis_angle(yaw_pitch_roll_to_matrix(yaw, pitch, roll))
-    camera = torch.stack(
-        [uniform(b, 8.5, 9.5), uniform(b, -0.01, 0.01), uniform(b, -0.01, 0.01)], -1
-    )
-    return FaceCode.neutral(b, dtype=dtype).replace(
-        shape=shape,
-        expression=expression,
-        jaw_pose=jaw,
-        global_pose=pose,
-        camera=camera,
-        light=studio_light(b, dtype=dtype),
-    )
+    """Random faces with known codes (:func:`~emorig.reconstruct.synthetic_eval.
+    fit_test_codes`) mixing two of the ten :data:`EXPRESSIONS`."""
+    return fit_test_codes(b, seed, yaw_degrees=yaw_degrees, expressions=EXPRESSIONS, dtype=dtype)
 
 
 def yaw_degrees(pose):

@@ -116,10 +116,11 @@ def fit_test_codes(
     max_yaw: float = 30.0,
     yaw_degrees: float | None = None,
     albedo: bool = False,
+    expressions: tuple[str, ...] = FIT_TEST_EXPRESSIONS,
     dtype: torch.dtype = torch.float32,
 ) -> FaceCode:
     """Random built-in-head faces with known codes, the ones the fitting tests and benchmark
-    fit: identity N(0, 0.5^2) in the first 20 components, two named expressions at 0.3-0.9,
+    fit: identity N(0, 0.5^2) in the first 20 components, two of ``expressions`` at 0.3-0.9,
     jaw 0-0.25 rad, yaw within ``max_yaw`` degrees (or exactly ``yaw_degrees``), pitch +-10,
     roll +-5, camera scale 8.5-9.5, the studio light; ``albedo``: the first 10 albedo
     components N(0, 0.5^2) too. The random draws are the same whatever the options."""
@@ -136,8 +137,8 @@ def fit_test_codes(
     shape[:, :20] = 0.5 * torch.randn(b, 20, generator=g, dtype=dtype)
     expression = torch.zeros(b, 50, dtype=dtype)
     for i in range(b):
-        for k in torch.randperm(len(FIT_TEST_EXPRESSIONS), generator=g)[:2].tolist():
-            expression[i, expression_index(FIT_TEST_EXPRESSIONS[k])] = float(uniform(1, 0.3, 0.9))
+        for k in torch.randperm(len(expressions), generator=g)[:2].tolist():
+            expression[i, expression_index(expressions[k])] = float(uniform(1, 0.3, 0.9))
     jaw = torch.zeros(b, 3, dtype=dtype)
     jaw[:, 0] = uniform(b, 0.0, 0.25)
     yaw = uniform(b, -math.radians(max_yaw), math.radians(max_yaw))
