@@ -15,7 +15,11 @@ How
    (:mod:`emorig.edit.membrane`, a coarse-to-fine multigrid on a grid of at most
    ``_FLOW_GRID`` cells), pinned to zero at ``FALLOFF`` x the head's size from the mesh and
    rolled off with a smoothstep: no seam at the silhouette, no kink at the far edge, and
-   every pixel beyond is the input's, bit for bit.
+   every pixel beyond is the input's, bit for bit. Where the head leaves pixels (outside the
+   target mesh but sampling where the source mesh was: the far cheek or chin of a turned or
+   closing face) the smooth flow would drag face colours over the collar or background;
+   those pixels are filled instead from the surrounding background by a membrane of its
+   colours.
 3. **Disocclusion.** A target pixel whose surface point was hidden in the source (the
    source does not show that face within a pixel of where the point projects, and the point
    lies a few millimetres behind the source's visible surface - or it is an eyeball/mouth
@@ -321,6 +325,7 @@ class _Surface:
     normal: Tensor  # (3, h, w) target world normals
     uv_grid: Tensor  # (2, h, w) texture grid-sample coordinates
     source_mouth: Tensor  # (h, w) the source mesh shows its mouth interior there
+    source_covered: Tensor  # (h, w) the source mesh covers the pixel
 
     @property
     def interior(self) -> Tensor:
@@ -358,7 +363,10 @@ def _trace(
     mesh_flow = torch.where(covered, values[:2] - centres, 0.0)
     src_face = source.pix_to_face[0]
     source_mouth = (src_face >= 0) & (parts[src_face.clamp_min(0)] == MOUTH)
-    return _Surface(covered, hidden, part, values[6], mesh_flow, values[3:6], uv_grid, source_mouth)
+    return _Surface(
+        covered, hidden, part, values[6], mesh_flow, values[3:6], uv_grid, source_mouth,
+        src_face >= 0,
+    )  # fmt: skip
 
 
 def _smoothstep(t: Tensor) -> Tensor:
@@ -463,6 +471,28 @@ def _sample(photo: Tensor, flow: Tensor, region: _Region) -> Tensor:
     offset = flow.new_tensor([region.x0, region.y0]).view(1, 2, 1, 1)
     grid = ((pos - offset) * scale - 1.0).permute(0, 2, 3, 1)
     return F.grid_sample(photo, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _uncovered(surface: _Surface, flow: Tensor, region: _Region) -> Tensor:
+    """(1, 1, h, w) pixels the head left: outside the target mesh, yet sampling a pixel the
+    source mesh covered (the cheek or chin of a turned or closing face, whose colours would
+    be dragged over the collar or background)."""
+    pos = _pixel_centres(region, flow.device) + flow
+    col = (pos[0, 0] - region.x0).floor().long().clamp(0, region.w - 1)
+    row = (pos[0, 1] - region.y0).floor().long().clamp(0, region.h - 1)
+    moved = flow[0].norm(dim=0) > 0.5
+    return (~surface.covered & surface.source_covered[row, col] & moved)[None, None]
+
+
+def _background_fill(edited: Tensor, surface: _Surface, flow: Tensor, region: _Region) -> Tensor:
+    """``edited`` with the pixels the head left (:func:`_uncovered`) filled from the
+    surrounding background by a membrane of its colours (no face colour enters)."""
+    left = _uncovered(surface, flow, region)
+    if not bool(left.any()):
+        return edited
+    known = ~left & ~surface.covered[None, None]
+    filled, _ = _membrane(edited, known, region)
+    return torch.where(left, filled, edited)
 
 
 def _fill(
@@ -623,7 +653,7 @@ def _compose(
     device = flow.device
     original = torch.from_numpy(np.ascontiguousarray(window)).to(device)
     original = original.permute(2, 0, 1)[None].to(torch.float32) / 255.0
-    edited = _sample(original, flow, region)
+    edited = _background_fill(_sample(original, flow, region), surface, flow, region)
     ratio = _relight_ratio(source, target, surface, region)
     filled = _fill(renderer, source, target, surface, edited, mouth_fill, region)
     if ratio is not None:
