@@ -132,6 +132,11 @@ class WarpEditor:
     def refine_items(self, source: FaceItem, warped: Tensor, code: FaceCode) -> Tensor:
         """``warped`` (B, 3, S, S) re-noised to ``strength`` and denoised under ``code``'s
         buffers, composited into ``warped`` with the face's soft mask."""
+        return self._refine(source, warped, code)[0]
+
+    def _refine(self, source: FaceItem, warped: Tensor, code: FaceCode) -> tuple[Tensor, Tensor]:
+        """:meth:`refine_items` and the (B, 1, S, S) soft mask it composited with (one render
+        of ``code`` gives both the model's condition and the mask)."""
         ed = self.refiner
         if ed is None:
             raise EmorigError("warp+diffusion needs a diffusion model (--model)")
@@ -139,15 +144,16 @@ class WarpEditor:
         if warped.shape[-1] != size:
             raise EmorigError(f"the model works at {size} px; the images are {warped.shape[-1]}")
         crop = source.crop_transform
-        condition = ed.buffers(code, crop)
+        buffers = self.render(code, crop, size)
+        condition = ed.model.condition_tensor(buffers).to(ed.device)
         latent = ed.pipeline.encode_latent(source.image.to(ed.device))
         expression = ed._expression(code, warped, crop)
         refined = ed.pipeline.refine(
             warped, condition, latent, expression, strength=self.strength,
             timesteps=ed.timesteps, invert=self.invert, seed=ed.seed,
         )  # fmt: skip
-        mask = soft_face_mask(self.render(code, crop, size).mask).to(refined)
-        return mask * refined + (1 - mask) * warped.to(refined)
+        mask = soft_face_mask(buffers.mask).to(refined)
+        return mask * refined + (1 - mask) * warped.to(refined), mask
 
     def _mode_code(self, base: FaceCode, target: FaceItem, name: str) -> FaceCode:
         mode = edit_mode(name)
@@ -266,6 +272,5 @@ def refine_photo(
     crop = torch.as_tensor(face.matrix @ np.linalg.inv(m), dtype=torch.float32)[None]
     item = FaceItem(warp(photo, m, size, "ffhq", device)[None], source, crop, ("photo",))
     aligned = warp(warped, m, size, "ffhq", device)[None]
-    refined = editor.refine_items(item, aligned, code)
-    mask = soft_face_mask(editor.render(code, crop, size).mask)
+    refined, mask = editor._refine(item, aligned, code)
     return paste_back(warped, refined[0], mask[0], m)
