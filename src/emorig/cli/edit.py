@@ -469,10 +469,9 @@ def _check_items(source, code, codes, images, emotion: str, args, checks: dict) 
 
     from emorig.edit.photo import emotion_check
     from emorig.emotion.crops import face_crops
-    from emorig.emotion.recognizers import load_recognizer
     from emorig.io.images import to_uint8
 
-    recognizer = recognizer_of(args, load_recognizer)
+    recognizer = recognizer_of(args.recognizer, args.device)
     device = next(recognizer.parameters()).device
     crop = source.crop_transform.to(device)
     with torch.no_grad():

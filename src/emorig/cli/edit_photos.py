@@ -187,21 +187,16 @@ def _one(face, request: _Request, renderer, refiner, out: Path, checks: dict):
 
 
 def _check(face, pairs, images, emotion: str, args) -> dict:
-    """The recogniser's reading of the photo before and after, as an emotion-check record."""
+    """The recogniser's reading of the photo before and after, as an emotion-check record;
+    sweep frames are compared on the face's crop (the rest of the photo does not move)."""
     from emorig.cli.edit_requests import recognizer_of
-    from emorig.edit.photo import emotion_check, recognise
-    from emorig.emotion.recognizers import load_recognizer
+    from emorig.edit.photo import emotion_check, photo_crops, recognise
+    from emorig.io.images import to_uint8
 
-    recognizer = recognizer_of(args, load_recognizer)
-    probs = recognise(recognizer, [face.photo, images[-1]], [face.face, face.face])
+    crops = photo_crops([face.photo, *images], [face.face] * (1 + len(images)), "cpu")
+    probs = recognise(recognizer_of(args.recognizer, args.device), crops[[0, -1]])
+    frames = [to_uint8(c) for c in crops[1:]] if len(images) > 1 else []
     found = pairs[-1][1]
-    frames = []
-    if len(images) > 1:  # compared on the face's crop: the rest of the photo does not move
-        from emorig.edit.photo import photo_crops
-        from emorig.io.images import to_uint8
-
-        crops = photo_crops(images, [face.face] * len(images), "cpu")
-        frames = [to_uint8(c) for c in crops]
     record = emotion_check(emotion, probs[0], probs[1], face.code, found, frames).to_json()
     record["found_code"] = {
         "expression": [round(float(v), 5) for v in found.expression[0].tolist()],

@@ -5,6 +5,7 @@ emotion record and checks, and the guard for models trained on synthetic faces."
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 from emorig.cli.output import say
@@ -96,13 +97,12 @@ def emotion_levels(emotion, sweep: int | None) -> list:
     ]
 
 
-def recognizer_of(args, load):
-    """The recogniser that checks emotion edits (--recognizer), loaded once per run."""
-    cached = getattr(args, "_recognizer_model", None)
-    if cached is None:
-        cached = load(args.recognizer, device=args.device)
-        args._recognizer_model = cached
-    return cached
+@functools.lru_cache(maxsize=2)
+def recognizer_of(spec: str, device: str | None):
+    """The recogniser that checks emotion edits (``--recognizer``), loaded once per run."""
+    from emorig.emotion.recognizers import load_recognizer
+
+    return load_recognizer(spec, device=device)
 
 
 def base_record(args: argparse.Namespace, method: str, emotion, predictor, checks) -> dict:

@@ -81,9 +81,7 @@ def fit_photos(
     recs = reconstructor.reconstruct_crops([r.faces[0] for _, r in found])
     out = []
     for (path, result), rec in zip(found, recs, strict=True):
-        quality = getattr(rec, "quality", None)
-        if quality is not None and not isinstance(quality, dict):
-            quality = quality.to_json() if hasattr(quality, "to_json") else dict(vars(quality))
+        quality = None if rec.quality is None else rec.quality.to_json()
         photo = result._loaded.pixels  # upright RGB uint8, as aligned
         out.append(
             PhotoFace(
@@ -245,8 +243,9 @@ def photo_grid(
     )
 
 
-def recognise(recognizer, photos: Sequence[np.ndarray], faces: Sequence[object]) -> torch.Tensor:
-    """(B, 8) the recogniser's class probabilities on the photos' face crops."""
+def recognise(recognizer, crops: torch.Tensor) -> torch.Tensor:
+    """(B, 8) the recogniser's class probabilities on (B, 3, 224, 224) face crops
+    (:func:`photo_crops`)."""
     device = next(recognizer.parameters()).device
     with torch.no_grad():
-        return recognizer(photo_crops(photos, faces, device)).probabilities.cpu()
+        return recognizer(crops.to(device)).probabilities.cpu()
