@@ -41,6 +41,7 @@ __all__ = [
     "apply_light_spec",
     "parse_face",
     "parse_light_spec",
+    "turn_head",
 ]
 
 #: DECA's SH constants of bands 0 and 1 (0.2821 and 0.4886): with a first-band term of
@@ -86,16 +87,18 @@ def apply_face_spec(code: FaceCode, spec: FaceSpec) -> FaceCode:
         jaw[:, 0] = math.radians(spec.jaw)
     if "eyes" in given:
         eyes[:, 1] = eyes[:, 4] = math.radians(spec.eyes)
-    pose = code.global_pose
-    if spec.yaw or spec.pitch or spec.roll:
-        turn = yaw_pitch_roll_to_matrix(
-            *(
-                torch.tensor(math.radians(a), dtype=torch.float64)
-                for a in (spec.yaw, spec.pitch, spec.roll)
-            )
-        ).to(pose)
-        pose = matrix_to_axis_angle(turn @ axis_angle_to_matrix(pose))
+    pose = turn_head(code.global_pose, spec.yaw, spec.pitch, spec.roll)
     return code.replace(expression=expression, jaw_pose=jaw, eye_pose=eyes, global_pose=pose)
+
+
+def turn_head(pose: torch.Tensor, yaw: float, pitch: float, roll: float) -> torch.Tensor:
+    """(B, 3) axis-angle ``pose`` turned further by yaw, pitch and roll in degrees (the same
+    tensor when all three are 0)."""
+    if not (yaw or pitch or roll):
+        return pose
+    angles = (torch.tensor(math.radians(a), dtype=torch.float64) for a in (yaw, pitch, roll))
+    turn = yaw_pitch_roll_to_matrix(*angles).to(pose)
+    return matrix_to_axis_angle(turn @ axis_angle_to_matrix(pose))
 
 
 def _terms(text: str) -> set[str]:

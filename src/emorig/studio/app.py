@@ -189,7 +189,7 @@ def _wire(gr, page, state, new_session, upload, face, controls, views, reset, do
         except Exception as err:
             return gr.update(), gr.update(), gr.update(), _sentence(err)
 
-    def make_files(session, *values, refine=False, progress=None):
+    def make_files(session, *values, refine=False):
         try:
             paths = session.export(_controls(list(values)), tempfile.mkdtemp(dir=out_dir),
                                    refine=refine)  # fmt: skip

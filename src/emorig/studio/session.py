@@ -111,13 +111,22 @@ def sample_photo(renderer, side: int = 512) -> tuple[np.ndarray, np.ndarray, Fac
 
 @dataclass
 class _Face:
-    """One face of the loaded photo."""
+    """One face of the loaded photo, with what
+    :func:`~emorig.reconstruct.pipeline.shape_overlay` and
+    :func:`~emorig.edit.methods.refine_photo` read of an aligned face."""
 
     matrix: np.ndarray  # photo pixels -> 224 crop
     code: FaceCode
     quality: dict | None
     detector: str
-    landmarks: np.ndarray  # (68, 2) in photo pixels
+    source_landmarks: np.ndarray  # (68, 2) in photo pixels
+    image_size: tuple[int, int]  # the photo's (height, width)
+
+    def crop_transform(self):
+        from emorig.geometry.camera import DECA_CROP, CropTransform
+
+        m = torch.as_tensor(self.matrix, dtype=torch.float32)[None]
+        return CropTransform(m, DECA_CROP, self.image_size)
 
 
 class StudioSession:
@@ -154,7 +163,7 @@ class StudioSession:
             ndc = self.renderer.project(self.renderer.geometry(code).landmarks2d, code)[0, :, :2]
         crop_px = ndc_to_pixels(ndc, DECA_CROP, DECA_CROP).cpu().numpy()
         landmarks = transform_points(np.linalg.inv(matrix), crop_px)
-        face = _Face(matrix, code, None, "none (rendered)", landmarks)
+        face = _Face(matrix, code, None, "none (rendered)", landmarks, pixels.shape[:2])
         self._set(pixels, "builtin-sample", [face])
         self.synthetic = True
 
@@ -188,13 +197,11 @@ class StudioSession:
             progress(0.4, f"fitting {len(faces)} face{'s' * (len(faces) > 1)}")
         out = []
         for r in rec.reconstruct_crops(faces):
-            quality = getattr(r, "quality", None)
-            if quality is not None and hasattr(quality, "to_json"):
-                quality = quality.to_json()
-            detector = getattr(r.face.detection, "detector", "dlib")
-            out.append(
-                _Face(r.face.matrix, r.code, quality, str(detector), r.face.source_landmarks)
-            )
+            quality = None if r.quality is None else r.quality.to_json()
+            face = r.face
+            found_by = face.detection.detector
+            size = pixels.shape[:2]
+            out.append(_Face(face.matrix, r.code, quality, found_by, face.source_landmarks, size))
         return out
 
     def _reconstructor(self):
@@ -214,8 +221,7 @@ class StudioSession:
         """Edit face ``index`` (0: the largest)."""
         if not 0 <= index < len(self.faces):
             raise EmorigError(f"There is no face {index + 1} in this photo.")
-        self.index = index
-        self._emotion_cache.clear()
+        self.index = index  # the emotion cache is kept: its entries name their face
 
     @property
     def face(self) -> _Face:
@@ -230,7 +236,7 @@ class StudioSession:
         from emorig.reconstruct.pipeline import shape_overlay
 
         face = self.face
-        return shape_overlay(self.renderer, face.code, _AsFace(face, self.photo), self.photo)
+        return shape_overlay(self.renderer, face.code, face, self.photo)
 
     def shape_view(self, controls: Controls | None = None) -> np.ndarray:
         """(224, 224, 3) the 3D face asked for, rendered frontally in its crop."""
@@ -261,14 +267,9 @@ class StudioSession:
 
     def code_for(self, controls: Controls) -> FaceCode:
         """The chosen face's code with the controls applied."""
-        from emorig.edit.explicit import apply_light_spec
+        from emorig.edit.explicit import apply_light_spec, turn_head
         from emorig.edit.photo import pose_kept
         from emorig.flame.builtin import expression_index
-        from emorig.geometry.rotations import (
-            axis_angle_to_matrix,
-            matrix_to_axis_angle,
-            yaw_pitch_roll_to_matrix,
-        )
 
         base = self.face.code
         code = self._emotion(base, controls.emotion, controls.intensity)
@@ -278,13 +279,7 @@ class StudioSession:
                 expression[:, expression_index(name)] += value
         jaw = code.jaw_pose.clone()
         jaw[:, 0] = jaw[:, 0] + math.radians(controls.jaw)
-        pose = code.global_pose
-        if controls.yaw or controls.pitch or controls.roll:
-            angles = (
-                torch.tensor(math.radians(a)) for a in (controls.yaw, controls.pitch, controls.roll)
-            )
-            turn = yaw_pitch_roll_to_matrix(*angles).to(pose)
-            pose = matrix_to_axis_angle(turn @ axis_angle_to_matrix(pose))
+        pose = turn_head(code.global_pose, controls.yaw, controls.pitch, controls.roll)
         code = code.replace(expression=expression, jaw_pose=jaw, global_pose=pose)
         if controls.light_strength:
             a = math.radians(controls.light_direction)
@@ -353,8 +348,7 @@ class StudioSession:
 
             if progress is not None:
                 progress(0.3, "refining with the diffusion model")
-            aligned = _AsFace(face, self.photo)
-            image = refine_photo(self.refiner, self.photo, image, aligned, face.code, code)
+            image = refine_photo(self.refiner, self.photo, image, face, face.code, code)
         return image
 
     def export(self, controls: Controls, folder: str | Path, refine: bool = False) -> list[Path]:
@@ -384,26 +378,3 @@ class StudioSession:
         with atomic_write(folder / f"{stem}.json", "w") as f:
             json.dump(meta, f, indent=1)
         return [png, npz, folder / f"{stem}.json"]
-
-
-@dataclass(frozen=True)
-class _AsFace:
-    """What :func:`~emorig.reconstruct.pipeline.shape_overlay` and
-    :func:`~emorig.edit.methods.refine_photo` read of an aligned face."""
-
-    face: _Face
-    photo: np.ndarray
-
-    @property
-    def matrix(self) -> np.ndarray:
-        return self.face.matrix
-
-    @property
-    def source_landmarks(self) -> np.ndarray:
-        return self.face.landmarks
-
-    def crop_transform(self):
-        from emorig.geometry.camera import DECA_CROP, CropTransform
-
-        m = torch.as_tensor(self.face.matrix, dtype=torch.float32)[None]
-        return CropTransform(m, DECA_CROP, tuple(self.photo.shape[:2]))
