@@ -27,24 +27,13 @@ from emorig.reconstruct.fitting import (
     landmark_weights,
     project_landmarks,
 )
-from emorig.reconstruct.synthetic_eval import fit_test_codes
+from emorig.reconstruct.synthetic_eval import FIT_TEST_EXPRESSIONS, fit_test_codes
 from emorig.render.face import FaceRenderer
 from emorig.render.showcase import studio_light
 from emorig.types import FaceCode
 
 PX = 112.0  # pixels of a 224 crop per NDC unit
-EXPRESSIONS = (
-    "smile",
-    "frown",
-    "brow_raise",
-    "blink",
-    "lip_pucker",
-    "mouth_stretch",
-    "sad",
-    "eye_widen",
-    "smirk_left",
-    "lower_lip_down",
-)
+EXPRESSIONS = (*FIT_TEST_EXPRESSIONS, "eye_widen", "smirk_left", "lower_lip_down")
 
 
 def known_codes(b, seed, yaw_degrees=None, dtype=torch.float32):
