@@ -30,6 +30,7 @@ SETTING_NOTES = {
     "emotions": "emotions requested for the emotion-accuracy part, with their intensity",
     "multiview": "the multi-view set of the consistency part",
     "fid_network": "feature network of the FID part ('—': FID not measured)",
+    "methods": "other edit methods on the same pairs (their rows: 'MODE · METHOD')",
 }
 
 #: Labels of the :class:`~emorig.evaluate.metrics.CodeErrors` fields, in table order.
