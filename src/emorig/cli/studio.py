@@ -120,7 +120,7 @@ def session_factory(model: str | None, assets: str | None, device: str):
     from emorig.edit.emotion import emotion_predictor
     from emorig.reconstruct.pipeline import Reconstructor
     from emorig.render.face import FaceRenderer
-    from emorig.studio.session import Controls, StudioSession
+    from emorig.studio.session import StudioSession
 
     head = load_head("builtin", assets)
     renderer = FaceRenderer(head).to(device)
@@ -135,14 +135,10 @@ def session_factory(model: str | None, assets: str | None, device: str):
         rig = load_rig(model, device=device)
         refiner = WarpEditor(renderer, refiner=Editor(rig, renderer, timesteps="ddim20"))
 
-    # one search now, so the first visitor's first emotion does not pay the warm-up
-    warm = StudioSession(renderer, fitter, predictor)
-    warm.load_sample()
-    warm.code_for(Controls(emotion="happy"))
-
     def new_session() -> StudioSession:
         session = StudioSession(renderer, fitter, predictor, refiner)
         session.load_sample()
+        session.search_emotions()
         return session
 
     return new_session, refiner is not None

@@ -7,8 +7,8 @@ browser.
 
 Controls (:class:`Controls`) are changes of the photo's fitted code, so every slider at zero
 gives the photo back exactly: an emotion (found by the expression search of
-``emorig edit --emotion`` at full intensity, once per face and emotion; the intensity blends
-towards it), named expressions of the
+``emorig edit --emotion`` at full intensity, for all eight when a face is loaded or picked;
+the intensity blends towards it), named expressions of the
 built-in head added to the photo's coefficients, a jaw opening added in degrees, a head
 turn (yaw / pitch / roll, degrees, relative to the photo's pose) and a light from a direction
 in the image plane with a strength. The preview warps a copy of the photo at most
@@ -312,6 +312,14 @@ class StudioSession:
             expression=base.expression + intensity * (full.expression - base.expression),
             jaw_pose=base.jaw_pose + intensity * (full.jaw_pose - base.jaw_pose),
         )
+
+    def search_emotions(self, progress=None) -> None:
+        """Find the chosen face's expression for every emotion now (about 0.4 s each), so
+        picking one later costs only the warp."""
+        for k, emotion in enumerate(EMOTION_CLASSES):
+            if progress is not None:
+                progress(0.6 + 0.4 * k / len(EMOTION_CLASSES), f"preparing emotions ({emotion})")
+            self._emotion(self.face.code, emotion, 1.0)
 
     def preview(self, controls: Controls) -> tuple[np.ndarray, float]:
         """The edit of a copy at most :data:`PREVIEW_SIDE` on a side, and its seconds."""
