@@ -22,6 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_reconstruct_parser(sub)
     add_emotion_parser(sub)
     diffusion.add_parser(sub)
+    add_autoencoder_parser(sub)
     return train
 
 
@@ -155,10 +156,68 @@ def cmd_train_emotion(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_autoencoder_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "autoencoder",
+        help="train a small AutoencoderKL (f = 4 or 8) for latent diffusion",
+        description="Train a diffusers AutoencoderKL on the images (and, a quarter of the "
+        "time, the condition buffers) of a prepared folder, on random crops; L1 + SSIM + a "
+        "small KL. Resumes from the newest checkpoint in --out. OUT/model is a diffusers folder "
+        "for 'emorig train diffusion --autoencoder OUT/model'; its training.json holds the "
+        "held-out reconstruction PSNR and the scaling factor (1 / std of the latents). The "
+        "shipped builtin-f4 / builtin-f8 were made this way (scripts/train_autoencoders.sh).",
+    )
+    p.add_argument("--data", required=True, help="a prepared folder ('emorig synth --prepared')")
+    p.add_argument("--out", required=True, type=options.out_dir, help="run folder")
+    p.add_argument("--factor", type=int, choices=(4, 8), default=8, help="downsampling f (8)")
+    p.add_argument("--latent-channels", type=options.positive_int, default=4, help="C (4)")
+    p.add_argument("--steps", type=options.positive_int, default=2000)
+    p.add_argument("--batch-size", type=options.positive_int, default=8)
+    p.add_argument("--lr", type=options.positive_float, default=1e-3)
+    p.add_argument(
+        "--crop",
+        type=options.non_negative_int,
+        default=128,
+        help="side of the random training crops (0: whole images; 128)",
+    )
+    p.add_argument(
+        "--held-out",
+        type=options.positive_int,
+        default=64,
+        help="images kept out for the PSNR and the scaling factor (64)",
+    )
+    options.add_training_run(p, save_every=200, sample_every=None)
+    p.set_defaults(func=cmd_train_autoencoder)
+    return p
+
+
+def cmd_train_autoencoder(args: argparse.Namespace) -> int:
+    from emorig.train.autoencoder import AutoencoderTrainConfig, train_autoencoder
+
+    cfg = options.config_from_args(AutoencoderTrainConfig, args)
+    with step_progress(cfg.steps, f"training autoencoder f={cfg.factor}") as progress:
+        result = train_autoencoder(cfg, progress=progress)
+    if result.losses:
+        print(
+            f"autoencoder f={cfg.factor}: {result.step} steps, last loss "
+            f"{result.losses['loss']:.4f} in {result.seconds:.0f} s"
+        )
+    else:
+        print(f"autoencoder f={cfg.factor}: already trained to {result.step} steps in {cfg.out}")
+    if result.model_folder is not None:
+        print(
+            f"model: {result.model_folder} (held-out PSNR {result.psnr:.2f} dB; use with "
+            "--autoencoder)"
+        )
+    return 0
+
+
 __all__ = [
+    "add_autoencoder_parser",
     "add_emotion_parser",
     "add_parser",
     "add_reconstruct_parser",
+    "cmd_train_autoencoder",
     "cmd_train_emotion",
     "cmd_train_reconstruct",
 ]
