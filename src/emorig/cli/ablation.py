@@ -37,6 +37,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--recognizer", default="fer", help="emotion recogniser of the emotion loss (fer)"
     )
+    p.add_argument(
+        "--init",
+        help="stage-1 model folder every variant starts from (default: the demo's 64 px pixel "
+        "model); a latent model (trained with --autoencoder) runs the ablation in its latent "
+        "space on faces of its size",
+    )
     options.add_device(p)
     p.set_defaults(func=cmd_ablation)
     return p

@@ -22,7 +22,7 @@ DESCRIPTION = (
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``diffusion`` to ``emorig train``'s sub-commands; returns its parser."""
-    from emorig.diffusion.config import MODEL_PRESETS
+    from emorig.diffusion.config import CONDITION_METHODS, MODEL_PRESETS
     from emorig.train.diffusion import STAGE_DEFAULTS
 
     p = subparsers.add_parser(
@@ -78,6 +78,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="emotion loss on predicted x0 (0: off)",
     )
     p.add_argument("--recognizer", help="emotion recogniser (fer, emoca:DIR, folder)")
+    p.add_argument(
+        "--autoencoder",
+        metavar="PATH|builtin-f4|builtin-f8",
+        help="latent DiffusionRig-EMO: denoise this autoencoder's latents instead of pixels "
+        "(builtin-f4 / builtin-f8: shipped, trained on SYNTHETIC built-in-head renders; or a "
+        "diffusers AutoencoderKL folder such as Stable Diffusion's vae/). Default: pixels",
+    )
+    p.add_argument(
+        "--condition-method",
+        default="resize",
+        choices=CONDITION_METHODS,
+        help="how a latent model reads the buffers: resize (area-average to the latent side; "
+        "default, see docs/latent-diffusion.md), unshuffle (space-to-depth) or encode (through "
+        "the autoencoder)",
+    )
     options.add_training_run(p, sample_every=1000)
     p.set_defaults(func=cmd_train_diffusion)
     return p

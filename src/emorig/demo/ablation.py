@@ -45,6 +45,9 @@ class AblationConfig:
     seed: int = 0
     recognizer: str = "fer"
     device: str = "cpu"
+    #: the stage-1 model every variant starts from (None: the demo's, pixels at 64 px); a
+    #: latent model's variants train and edit in its latent space, on faces of its size
+    init: str | None = None
 
 
 def run_ablation(cfg: AblationConfig, say: Callable[[str], None] = print) -> Path:
@@ -64,18 +67,21 @@ def run_ablation(cfg: AblationConfig, say: Callable[[str], None] = print) -> Pat
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
+    stage1 = packaged_weights(STAGE1_NAME) if cfg.init is None else Path(cfg.init)
+    start = load_pretrained(stage1)
+    size = start.config.image_size if cfg.init is not None else DEMO_SIZE
+    say(f"stage-1 model: {start.config.describe()}")
     renderer = FaceRenderer(load_head("builtin")).to(cfg.device)
     train = write_prepared(
-        SynthDatasetConfig(mode="random", count=cfg.train_faces, size=DEMO_SIZE,
+        SynthDatasetConfig(mode="random", count=cfg.train_faces, size=size,
                            seed=cfg.seed + 21, emotion_fraction=1.0),
         out / "data" / "train", renderer,
     ).root  # fmt: skip
     album = write_prepared(
-        SynthDatasetConfig(mode="album", count=20, album_size=20, size=DEMO_SIZE,
+        SynthDatasetConfig(mode="album", count=20, album_size=20, size=size,
                            seed=cfg.seed + 22),
         out / "data" / "album", renderer,
     ).root  # fmt: skip
-    stage1 = packaged_weights(STAGE1_NAME)
     say("training the code-space emotion predictor...")
     predictor = train_code_predictor(renderer, seed=cfg.seed)
     reconstruct = encoder_reconstruct(cfg.device)
@@ -116,14 +122,14 @@ def run_ablation(cfg: AblationConfig, say: Callable[[str], None] = print) -> Pat
                 "final_loss": result.losses,
             }
         )
-    return _write(cfg, out, rows, time.perf_counter() - t0)
+    return _write(cfg, out, rows, time.perf_counter() - t0, start.config.describe())
 
 
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def _write(cfg: AblationConfig, out: Path, rows: list[dict], seconds: float) -> Path:
+def _write(cfg: AblationConfig, out: Path, rows: list[dict], seconds: float, model: str) -> Path:
     lines = [
         "# Ablation: DiffusionRig vs the DiffusionRig-EMO additions (built-in head)",
         "",
@@ -132,6 +138,8 @@ def _write(cfg: AblationConfig, out: Path, rows: list[dict], seconds: float) -> 
         f"seed {cfg.seed}, emotion loss through `{cfg.recognizer}`), {seconds / 60:.1f} min "
         "on this machine. SYNTHETIC data: renders of the procedural built-in head; the numbers "
         "compare variants under one protocol and say nothing about real faces.",
+        "",
+        f"Every variant starts from the stage-1 model `{cfg.init or 'demo'}`: {model}.",
         "",
         "| variant | expression L2 of exp edits (lower) | jaw error, deg (lower) "
         "| identity cosine (higher) | emotion accuracy of emotion edits (higher) |",

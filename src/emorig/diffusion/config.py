@@ -18,6 +18,7 @@ from emorig.types import RenderBuffers
 
 __all__ = [
     "BUFFER_CHANNELS",
+    "CONDITION_METHODS",
     "DEFAULT_CONDITION_NAMES",
     "IMAGE_CHANNELS",
     "MODEL_PRESETS",
@@ -46,6 +47,13 @@ DEFAULT_CONDITION_NAMES: tuple[str, ...] = next(
 #: Channels of the images the model denoises (RGB).
 IMAGE_CHANNELS = 3
 
+#: How a latent model's condition buffers (rendered at image size) reach latent resolution:
+#: ``resize`` (area-averaged to the latent side, i.e. rendered at latent size with
+#: supersampling), ``unshuffle`` (space-to-depth: every f x f block becomes f*f channels,
+#: nothing lost) or ``encode`` (each 3-channel buffer through the autoencoder).
+#: ``docs/latent-diffusion.md`` has the measured comparison behind the default.
+CONDITION_METHODS = ("resize", "unshuffle", "encode")
+
 
 def condition_channels_for(names: Sequence[str]) -> int:
     """Channel count of the buffers ``names`` concatenated (DiffusionRig's three: 9).
@@ -72,6 +80,8 @@ def default_channel_mult(image_size: int) -> tuple[float, ...]:
         256: (1, 1, 2, 2, 4, 4),
         128: (1, 1, 2, 3, 4),
         64: (1, 2, 3, 4),
+        # latent sides (f = 8 at 256 px), latent diffusion's multipliers
+        32: (1, 2, 4, 4),
     }
     if image_size not in table:
         raise ValueError(f"no default channel_mult for image_size {image_size}; give one")
@@ -110,6 +120,17 @@ class RigConfig:
             so that editing feeds the model what it was trained on).
         expression_dim: size of an optional expression code applied as a third, zero-initialised
             FiLM on every residual block; 0 turns it off (plain DiffusionRig).
+        autoencoder: None for a pixel model (DiffusionRig); for a latent model the
+            autoencoder it denoises the latents of (``builtin-f4``, ``builtin-f8`` or a
+            diffusers folder, :func:`emorig.diffusion.autoencoder.load_autoencoder`).
+        autoencoder_factor, autoencoder_channels: that autoencoder's f and latent channels
+            (so the UNet is built without loading it); 1 and 3 for pixel models.
+        condition_method: how the buffers reach latent resolution
+            (:data:`CONDITION_METHODS`); ignored by pixel models.
+
+    ``image_size`` is always the side of the images (and of the rendered buffers); a latent
+    model's UNet works at ``model_size = image_size / autoencoder_factor``, and
+    ``channel_mult`` / ``attention_resolutions`` describe that UNet.
     """
 
     image_size: int = 256
@@ -129,6 +150,10 @@ class RigConfig:
     expression_dim: int = 0
     expression_input_dim: int = 0
     expression_source: str = "code"
+    autoencoder: str | None = None
+    autoencoder_factor: int = 1
+    autoencoder_channels: int = IMAGE_CHANNELS
+    condition_method: str = "resize"
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep tuples so the config stays hashable and comparable.
@@ -141,13 +166,33 @@ class RigConfig:
             raise ValueError("channels, num_res_blocks and channel_mult must be positive")
         if any(m <= 0 for m in self.channel_mult):
             raise ValueError(f"channel_mult must be positive, got {self.channel_mult}")
-        factor = 2 ** (len(self.channel_mult) - 1)
-        if self.image_size % factor:
+        if self.autoencoder is None and (
+            self.autoencoder_factor != 1 or self.autoencoder_channels != IMAGE_CHANNELS
+        ):
+            raise ValueError("a pixel model (autoencoder None) has factor 1 and 3 channels")
+        if self.autoencoder_factor < 1 or self.image_size % self.autoencoder_factor:
             raise ValueError(
-                f"image_size {self.image_size} is not divisible by {factor} "
+                f"image_size {self.image_size} is not divisible by the autoencoder's factor "
+                f"{self.autoencoder_factor}"
+            )
+        if self.autoencoder_channels < 1:
+            raise ValueError("autoencoder_channels must be positive")
+        if self.condition_method not in CONDITION_METHODS:
+            raise ValueError(
+                f"condition_method must be one of {CONDITION_METHODS}, got "
+                f"{self.condition_method!r}"
+            )
+        if self.latent and self.condition_method == "encode":
+            bad = [n for n in self.condition_names if BUFFER_CHANNELS[n] != 3]
+            if bad:
+                raise ValueError(f"condition_method encode needs 3-channel buffers, not {bad}")
+        factor = 2 ** (len(self.channel_mult) - 1)
+        if self.model_size % factor:
+            raise ValueError(
+                f"the UNet's side {self.model_size} is not divisible by {factor} "
                 f"({len(self.channel_mult)} levels)"
             )
-        sides = {self.image_size // 2**i for i in range(len(self.channel_mult))}
+        sides = {self.model_size // 2**i for i in range(len(self.channel_mult))}
         stray = [r for r in self.attention_resolutions if r not in sides]
         if stray:
             raise ValueError(
@@ -168,19 +213,43 @@ class RigConfig:
     # -- derived sizes ---------------------------------------------------------------------
 
     @property
+    def latent(self) -> bool:
+        """True for a latent model (it denoises an autoencoder's latents)."""
+        return self.autoencoder is not None
+
+    @property
+    def model_size(self) -> int:
+        """Side of what the UNet denoises: the image (pixel model) or its latents."""
+        return self.image_size // self.autoencoder_factor
+
+    @property
+    def sample_channels(self) -> int:
+        """Channels of what the UNet denoises: 3 (RGB) or the latent channels."""
+        return self.autoencoder_channels
+
+    @property
     def condition_channels(self) -> int:
-        """Channels of the concatenated conditioning buffers (DiffusionRig: 9)."""
+        """Channels of the concatenated conditioning buffers at image size (DiffusionRig: 9)."""
         return condition_channels_for(self.condition_names)
 
     @property
+    def model_condition_channels(self) -> int:
+        """Channels of the condition as the UNet reads it (at ``model_size``)."""
+        if not self.latent or self.condition_method == "resize":
+            return self.condition_channels
+        if self.condition_method == "unshuffle":
+            return self.condition_channels * self.autoencoder_factor**2
+        return len(self.condition_names) * self.autoencoder_channels
+
+    @property
     def in_channels(self) -> int:
-        """UNet input channels: the noisy image plus the conditioning buffers (12)."""
-        return IMAGE_CHANNELS + self.condition_channels
+        """UNet input channels: the noisy sample plus the condition (pixel model: 12)."""
+        return self.sample_channels + self.model_condition_channels
 
     @property
     def out_channels(self) -> int:
-        """UNet output channels: the predicted noise (3)."""
-        return IMAGE_CHANNELS
+        """UNet output channels: the predicted noise (3 for a pixel model)."""
+        return self.sample_channels
 
     @property
     def time_embed_dim(self) -> int:
@@ -195,7 +264,7 @@ class RigConfig:
     @property
     def attention_downsample(self) -> tuple[int, ...]:
         """Down-sampling factors where attention sits (official: (16,))."""
-        return tuple(self.image_size // r for r in self.attention_resolutions)
+        return tuple(self.model_size // r for r in self.attention_resolutions)
 
     @property
     def encoder_features(self) -> int:
@@ -217,7 +286,8 @@ class RigConfig:
         """
         fields: dict[str, Any] = {"image_size": image_size, **changes}
         if "channel_mult" not in fields:
-            fields["channel_mult"] = default_channel_mult(image_size)
+            side = image_size // int(fields.get("autoencoder_factor", 1))
+            fields["channel_mult"] = default_channel_mult(side)
         return cls(**fields)
 
     @classmethod
@@ -246,8 +316,12 @@ class RigConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready values (tuples become lists)."""
+        """Plain JSON-ready values (tuples become lists). A pixel model leaves out the latent
+        fields, so its folders are written byte for byte as before latent mode existed."""
         out = dataclasses.asdict(self)
+        if not self.latent:
+            for name in LATENT_FIELDS:
+                out.pop(name)
         # Integral multipliers are written as ints so files read like upstream's flags.
         out["channel_mult"] = [
             int(m) if float(m).is_integer() else float(m) for m in self.channel_mult
@@ -272,42 +346,65 @@ class RigConfig:
         mult = ", ".join(f"{m:g}" for m in self.channel_mult)
         attn = ", ".join(str(r) for r in self.attention_resolutions)
         expr = f", expression {self.expression_dim}" if self.expression_dim else ""
+        space = (
+            f", latent {self.autoencoder_channels}x{self.model_size}x{self.model_size} of "
+            f"{self.autoencoder} (condition: {self.condition_method})"
+            if self.latent
+            else ""
+        )
         return (
-            f"{self.image_size} px, {self.channels} ch x ({mult}), {self.num_res_blocks} "
+            f"{self.image_size} px{space}, {self.channels} ch x ({mult}), {self.num_res_blocks} "
             f"res blocks, attention at {attn} px, latent {self.latent_dim} "
             f"(ResNet-{self.encoder_depth}), condition {'+'.join(self.condition_names)} "
             f"({self.in_channels} input channels){expr}"
         )
 
 
+#: The fields of a latent model's space (absent from pixel models' config files).
+LATENT_FIELDS = ("autoencoder", "autoencoder_factor", "autoencoder_channels", "condition_method")
+
 #: Architecture presets by name; ``official`` is DiffusionRig's released configuration.
 MODEL_PRESETS = ("official", "small", "tiny")
 
 
-def model_preset(name: str, image_size: int, condition: tuple[str, ...]) -> RigConfig:
+def model_preset(
+    name: str,
+    image_size: int,
+    condition: tuple[str, ...],
+    space: Mapping[str, Any] | None = None,
+) -> RigConfig:
     """A :class:`RigConfig` for a preset at ``image_size``.
 
     ``official``: DiffusionRig's (~100M parameters at 256). ``small``: the same design with
     32 base channels, one block per level and a slim latent encoder, for CPU training at 64 px.
     ``tiny``: the test model (32 px).
+
+    ``space``: for a latent model, ``autoencoder``, ``autoencoder_factor``,
+    ``autoencoder_channels`` and ``condition_method``; the UNet's levels then follow the
+    latent side (``image_size / f``).
     """
+    space = dict(space or {})
+    side = image_size // int(space.get("autoencoder_factor", 1))
     if name == "official":
-        return RigConfig.official(image_size, condition_names=condition)
+        return RigConfig.official(image_size, condition_names=condition, **space)
     if name == "small":
-        levels = max(2, int(math.log2(image_size // 8)) + 1)
+        levels = max(2, int(math.log2(side // 8)) + 1)
         mult = (1, 2, 2, 4, 4, 4, 4)[:levels]
         return RigConfig(
             image_size=image_size,
             channels=32,
             channel_mult=mult,
             num_res_blocks=1,
-            attention_resolutions=(16,) if image_size >= 32 else (),
+            attention_resolutions=(16,) if side >= 32 else (),
             dropout=0.0,
             norm_groups=8,
             condition_names=condition,
             latent_dim=64,
             encoder_width=16,
+            **space,
         )
     if name == "tiny":
-        return RigConfig.tiny(image_size=image_size, condition_names=condition)
+        fields: dict[str, Any] = {"image_size": image_size, "condition_names": condition, **space}
+        fields["attention_resolutions"] = (side // 2,)
+        return RigConfig.tiny(**fields)
     raise EmorigError(f"unknown model preset '{name}'; choose {', '.join(MODEL_PRESETS)}")

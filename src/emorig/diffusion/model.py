@@ -166,10 +166,12 @@ class RigModel(nn.Module):
         steps) and ``x_start`` (the clean image, encoded here).
 
         Args:
-            x_t: (B, 3, H, W) noisy images (nominal [-1, 1] at t = 0).
+            x_t: (B, 3, H, W) noisy images (nominal [-1, 1] at t = 0), or for a latent model
+                (B, C, h, w) noisy latents.
             t: (B,) or scalar training-scale timesteps, 0..999.
             condition: (B, condition_channels, H, W) buffers or a :class:`RenderBuffers`;
-                same H, W as ``x_t``.
+                same H, W as ``x_t``; a latent model's is already at latent size
+                (``RigPipeline.model_condition``).
             latent: (B, latent_dim) global latent code.
             x_start: (B, 3, H', W') clean images in [-1, 1] to encode.
             expression: only for models built with ``expression_dim > 0``: the expression
@@ -177,15 +179,29 @@ class RigModel(nn.Module):
                 (B, expression_dim) when the model has no encoder. None skips that FiLM.
 
         Returns:
-            (B, 3, H, W) predicted noise epsilon.
+            Predicted noise epsilon, shaped like ``x_t``.
         """
-        if x_t.ndim != 4 or x_t.shape[1] != IMAGE_CHANNELS:
-            raise ValueError(f"x_t must be (B, 3, H, W), got {tuple(x_t.shape)}")
+        c = self.config
+        if x_t.ndim != 4 or x_t.shape[1] != c.sample_channels:
+            raise ValueError(f"x_t must be (B, {c.sample_channels}, H, W), got {tuple(x_t.shape)}")
         batch, _, height, width = x_t.shape
-        factor = 2 ** (len(self.config.channel_mult) - 1)
+        factor = 2 ** (len(c.channel_mult) - 1)
         if height % factor or width % factor:
             raise ValueError(f"x_t's height and width must be divisible by {factor}")
-        cond = self.condition_tensor(condition)
+        if c.latent:
+            # A latent model reads its condition at latent size (RigPipeline.model_condition).
+            if (
+                not isinstance(condition, Tensor)
+                or condition.shape[1] != c.model_condition_channels
+            ):
+                got = "buffers" if not isinstance(condition, Tensor) else tuple(condition.shape)
+                raise ValueError(
+                    f"a latent model's condition is ({batch}, {c.model_condition_channels}, "
+                    f"{height}, {width}) from RigPipeline.model_condition, got {got}"
+                )
+            cond = condition
+        else:
+            cond = self.condition_tensor(condition)
         if cond.shape[0] != batch or cond.shape[2:] != x_t.shape[2:]:
             raise ValueError(f"condition {tuple(cond.shape)} does not match x_t {tuple(x_t.shape)}")
         if (latent is None) == (x_start is None):

@@ -1,9 +1,12 @@
 """The diffusion pipeline: the one place that knows model space.
 
-Everything outside this module speaks images: (B, 3, S, S) RGB in [0, 1]. The denoiser works
-in *model space*: today DiffusionRig's pixels scaled to [-1, 1] (``x = 2 image - 1``); a
-latent model will swap these few methods for an autoencoder's encode/decode, and nothing that
-edits, evaluates or trains has to change. :class:`RigPipeline` owns that conversion, the shape
+Everything outside this module speaks images: (B, 3, S, S) RGB in [0, 1], and condition
+buffers rendered at S. The denoiser works in *model space*: DiffusionRig's pixels scaled to
+[-1, 1] (``x = 2 image - 1``), or, for a latent model (``RigConfig.autoencoder``), an
+autoencoder's scaled latents (:mod:`emorig.diffusion.autoencoder`): encode on the way in,
+decode on the way out, and the buffers brought to latent size
+(:meth:`RigPipeline.model_condition`). Nothing that edits, evaluates or trains has to know
+which. :class:`RigPipeline` owns those conversions, the shape
 of the noise, sampling (DDIM from noise to images), inversion (DDIM from images to noise), the
 global latent of an image, where edits start (:meth:`RigPipeline.edit_start`), the partial
 re-noising of an already edited image (:meth:`RigPipeline.refine`, SDEdit), the clean
@@ -11,7 +14,7 @@ image predicted at a training step, and the noise of a training step.
 
 Sampling follows DiffusionRig: the linear 1000-step schedule, DDIM respaced (``"ddim20"``),
 eta 0, clipping the predicted clean image except when starting from an inversion (then the
-unedited path retraces the inversion).
+unedited path retraces the inversion). Latents are never clipped (they have no fixed range).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from emorig.diffusion.model import RigModel
@@ -37,11 +41,41 @@ class RigPipeline:
     Args:
         model: the diffusion model (its device is used everywhere).
         schedule: the noise schedule; default DiffusionRig's linear 1000 steps.
+        autoencoder: a latent model's :class:`~emorig.diffusion.autoencoder.Autoencoder`;
+            default: loaded from ``model.config.autoencoder`` (pixel models need none).
+
+    Raises:
+        AssetError: a latent model whose autoencoder cannot be found or read.
+        EmorigError: an autoencoder whose factor or channels differ from the model's.
     """
 
-    def __init__(self, model: RigModel, schedule: NoiseSchedule | None = None):
+    def __init__(self, model: RigModel, schedule: NoiseSchedule | None = None, autoencoder=None):
+        from emorig.errors import EmorigError
+
         self.model = model
         self.schedule = schedule if schedule is not None else NoiseSchedule.linear()
+        config = model.config
+        self.autoencoder = None
+        if config.latent:
+            if autoencoder is None:
+                from emorig.diffusion.autoencoder import load_autoencoder
+
+                autoencoder = load_autoencoder(str(config.autoencoder), self.device)
+            if (autoencoder.factor, autoencoder.latent_channels) != (
+                config.autoencoder_factor,
+                config.autoencoder_channels,
+            ):
+                raise EmorigError(
+                    f"the model was trained on latents with f={config.autoencoder_factor} and "
+                    f"{config.autoencoder_channels} channels; {autoencoder.spec} gives "
+                    f"f={autoencoder.factor} and {autoencoder.latent_channels}"
+                )
+            self.autoencoder = autoencoder.to(self.device)
+
+    @property
+    def latent(self) -> bool:
+        """True when the model denoises an autoencoder's latents."""
+        return self.autoencoder is not None
 
     @property
     def device(self) -> torch.device:
@@ -55,17 +89,53 @@ class RigPipeline:
     # -- model space ---------------------------------------------------------------------------
 
     def to_model(self, images: Tensor) -> Tensor:
-        """(B, 3, S, S) images in [0, 1] -> model space."""
-        return images * 2 - 1
+        """(B, 3, S, S) images in [0, 1] -> model space (latents: no gradient to images)."""
+        if self.autoencoder is None:
+            return images * 2 - 1
+        with torch.no_grad():
+            return self.autoencoder.encode(images.to(self.device))
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Model space -> images, not clamped; differentiable (the emotion loss reads it)."""
+        if self.autoencoder is None:
+            return (x + 1) / 2
+        return self.autoencoder.decode(x)
 
     def to_images(self, x: Tensor) -> Tensor:
         """Model space -> (B, 3, S, S) images in [0, 1] (clamped)."""
-        return ((x + 1) / 2).clamp(0, 1)
+        with torch.no_grad():
+            return self.decode(x).clamp(0, 1)
 
     def model_shape(self, batch: int) -> tuple[int, int, int, int]:
         """The shape of ``batch`` samples in model space (and of their noise)."""
-        s = self.image_size
-        return (batch, 3, s, s)
+        c = self.model.config
+        return (batch, c.sample_channels, c.model_size, c.model_size)
+
+    def model_condition(self, condition: Tensor) -> Tensor:
+        """(B, C, S, S) condition buffers rendered at image size -> what the UNet reads.
+
+        Pixel models read them as they are. Latent models (``condition_method``): ``resize``
+        area-averages them to the latent side; ``unshuffle`` moves every f x f block into
+        channels; ``encode`` passes each 3-channel buffer through the autoencoder.
+        """
+        c = self.model.config
+        if not c.latent:
+            return condition
+        if condition.shape[-1] != c.image_size or condition.shape[-2] != c.image_size:
+            raise ValueError(
+                f"condition buffers must be rendered at {c.image_size} px, got "
+                f"{tuple(condition.shape[-2:])}"
+            )
+        if c.condition_method == "resize":
+            return F.interpolate(condition, size=(c.model_size, c.model_size), mode="area")
+        if c.condition_method == "unshuffle":
+            return F.pixel_unshuffle(condition, c.autoencoder_factor)
+        from emorig.diffusion.autoencoder import buffer_images
+
+        assert self.autoencoder is not None
+        with torch.no_grad():
+            parts = buffer_images(condition, c.condition_names)
+            return torch.cat([self.autoencoder.encode(p) for p in parts], dim=1)
 
     def noise(self, batch: int, generator: torch.Generator) -> Tensor:
         """(batch, ...) standard normal noise in model space, drawn on the CPU from
@@ -80,18 +150,25 @@ class RigPipeline:
 
     # -- the networks ----------------------------------------------------------------------------
 
+    @staticmethod
+    def encoder_input(images: Tensor) -> Tensor:
+        """What the global latent encoder reads: the images in [-1, 1] (pixel or latent
+        model alike)."""
+        return images * 2 - 1
+
     def encode_latent(self, images: Tensor) -> Tensor:
         """(B, latent_dim) the global latent of (B, 3, S, S) images in [0, 1]."""
-        return self.model.encode(self.to_model(images.to(self.device)))
+        return self.model.encode(self.encoder_input(images.to(self.device)))
 
     def denoiser(
         self, condition: Tensor, latent: Tensor, expression: Tensor | None = None
     ) -> Denoiser:
-        """The model as ``denoise(x_t, t)`` for fixed condition buffers, latent and expression
-        input."""
+        """The model as ``denoise(x_t, t)`` for fixed condition buffers (at image size; brought
+        to the model's size once here), latent and expression input."""
+        cond = self.model_condition(condition)
 
         def denoise(x: Tensor, t: Tensor) -> Tensor:
-            return self.model(x, t, condition, latent=latent, expression=expression)
+            return self.model(x, t, cond, latent=latent, expression=expression)
 
         return denoise
 
@@ -122,7 +199,7 @@ class RigPipeline:
             noise,
             self.schedule,
             timesteps,
-            clip_denoised=clip,
+            clip_denoised=clip and not self.latent,
             progress=progress,
         )
         return self.to_images(x)
@@ -230,7 +307,7 @@ class RigPipeline:
             x,
             self.schedule,
             steps,
-            clip_denoised=not invert,
+            clip_denoised=not invert and not self.latent,
             progress=progress,
             n_steps=n,
         )
@@ -239,20 +316,24 @@ class RigPipeline:
     # -- training --------------------------------------------------------------------------------
 
     def training_inputs(
-        self, images: Tensor, generator: torch.Generator
+        self, images: Tensor, generator: torch.Generator, x0: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One training step's ``(x0, t, noise, x_t)`` for images in [0, 1]: timesteps drawn
-        uniformly, then the noise, both from ``generator`` (CPU), on the images' device."""
-        x0 = self.to_model(images)
+        uniformly, then the noise, both from ``generator`` (CPU), on the images' device.
+        ``x0``: the images already in model space (e.g. cached latents)."""
+        x0 = self.to_model(images) if x0 is None else x0.to(images.device)
         t = self.schedule.sample_timesteps(x0.shape[0], generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         return x0, t, noise, self.schedule.q_sample(x0, t, noise)
 
     def predicted_images(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """The clean images (in [0, 1]) that the noise estimate ``eps`` at ``(x_t, t)``
-        implies, differentiable (the emotion-consistency loss reads them)."""
-        x0 = self.schedule.predict_x0(x_t, t, eps.float()).clamp(-1, 1)
-        return (x0 + 1) / 2
+        implies, differentiable (the emotion-consistency loss reads them; a latent model's
+        are decoded through the frozen autoencoder, gradients flowing to ``eps``)."""
+        x0 = self.schedule.predict_x0(x_t, t, eps.float())
+        if self.autoencoder is None:
+            return (x0.clamp(-1, 1) + 1) / 2
+        return self.decode(x0).clamp(0, 1)
 
     def signal_fraction(self, t: Tensor, like: Tensor) -> Tensor:
         """(B,) ᾱ(t): the share of signal in ``x_t``, shaped and typed like ``like``."""

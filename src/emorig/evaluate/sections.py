@@ -20,6 +20,7 @@ SETTING_NOTES = {
     "head": "the head its codes belong to",
     "data_reconstructor": "how its codes were made ('synthetic': known exactly, from the renders)",
     "image_size": "side of the images, pixels",
+    "model": "the diffusion model: pixels, or an autoencoder's latents (latent mode)",
     "modes": "edit modes evaluated",
     "pairs": "(source, target) pairs edited",
     "seed": "seed of the pair choice and of the starting noise",

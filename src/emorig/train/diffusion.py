@@ -83,13 +83,18 @@ class RigTrainConfig:
             (:func:`emorig.emotion.recognizers.load_recognizer` spec).
         sample_every, sample_steps: sample grid period and its DDIM respacing.
         mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (Accelerate).
+        autoencoder: latent DiffusionRig-EMO: denoise this autoencoder's latents
+            (``builtin-f4``, ``builtin-f8`` or a diffusers folder); None = pixels. A model
+            from ``init`` keeps its own space (giving another one is refused).
+        condition_method: how a new latent model reads the buffers (``resize``,
+            ``unshuffle``, ``encode``; see ``docs/latent-diffusion.md``).
 
     A checkpoint resumes when its settings equal these by value except ``out`` and
     ``steps``, the ``PATHS`` compared as content (``train.checkpoint.run_identity``).
     """
 
     #: Path-valued settings, compared resolved (``data``: by its manifest's fingerprint).
-    PATHS: ClassVar[tuple[str, ...]] = ("data", "init", "recognizer")
+    PATHS: ClassVar[tuple[str, ...]] = ("data", "init", "recognizer", "autoencoder")
 
     stage: str
     data: str
@@ -117,8 +122,16 @@ class RigTrainConfig:
     mixed_precision: str = "no"
     seed: int = 0
     cpu: bool = False
+    autoencoder: str | None = None
+    condition_method: str = "resize"
 
     def __post_init__(self) -> None:
+        from emorig.diffusion.config import CONDITION_METHODS
+
+        if self.condition_method not in CONDITION_METHODS:
+            raise EmorigError(
+                f"condition method '{self.condition_method}': choose {', '.join(CONDITION_METHODS)}"
+            )
         if self.stage not in STAGE_DEFAULTS:
             raise EmorigError(f"unknown stage '{self.stage}'; choose stage1 or stage2")
         if self.trainable is not None:
@@ -176,6 +189,7 @@ def build_rig(
             )
         if cfg.model_overrides:
             raise EmorigError("model overrides apply to new models only (drop --init)")
+        _check_space(cfg, model)
         if cfg.expression_dim and not model.config.expression_dim:
             model = with_expression(
                 model, cfg.expression_dim, expression_input, cfg.expression_source
@@ -190,7 +204,7 @@ def build_rig(
                 f"{expression_input}-d {cfg.expression_source} one"
             )
         return model.train()
-    config = model_preset(cfg.model, image_size, condition)
+    config = model_preset(cfg.model, image_size, condition, latent_space(cfg))
     try:
         config = config.replace(**cfg.model_overrides).replace(
             expression_dim=cfg.expression_dim,
@@ -200,6 +214,38 @@ def build_rig(
     except (TypeError, ValueError) as err:
         raise EmorigError(f"model settings: {err}") from None
     return RigModel(config)
+
+
+def latent_space(cfg: RigTrainConfig) -> dict[str, Any]:
+    """The :class:`RigConfig` fields of a new model's space: empty for pixels; for a latent
+    model the autoencoder (loaded once to read its f and channels) and the condition method."""
+    if cfg.autoencoder is None:
+        return {}
+    from emorig.diffusion.autoencoder import BUILTIN_AUTOENCODERS, load_autoencoder
+
+    ae = load_autoencoder(cfg.autoencoder)
+    spec = cfg.autoencoder
+    if spec not in BUILTIN_AUTOENCODERS:
+        spec = str(Path(spec).expanduser().resolve())
+    return {
+        "autoencoder": spec,
+        "autoencoder_factor": ae.factor,
+        "autoencoder_channels": ae.latent_channels,
+        "condition_method": cfg.condition_method,
+    }
+
+
+def _check_space(cfg: RigTrainConfig, model: RigModel) -> None:
+    """Refuse an ``--autoencoder`` that differs from the one an ``--init`` model works in."""
+    if cfg.autoencoder is None:
+        return
+    wanted = latent_space(cfg)["autoencoder"]
+    if model.config.autoencoder != wanted:
+        have = model.config.autoencoder or "pixels"
+        raise EmorigError(
+            f"{cfg.init} denoises {have}; it cannot continue on {wanted} (drop --autoencoder "
+            "to keep the model's own space)"
+        )
 
 
 def train_mode(model: nn.Module) -> None:
@@ -311,6 +357,8 @@ class _Run:
     steps: int
     batch_size: int
     sample_batch: dict[str, Any]
+    #: latent models: each item's latents and (``encode`` method) model condition, made once
+    cache: dict[tuple[str, int], Tensor] = field(default_factory=dict)
 
 
 def _start_run(cfg: RigTrainConfig) -> _Run:
@@ -322,6 +370,7 @@ def _start_run(cfg: RigTrainConfig) -> _Run:
 
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu)
     device = accelerator.device
+    latent_space(cfg)  # a missing or malformed --autoencoder fails before any data is read
     steps, batch_size, lr = (cfg.resolved(n) for n in ("steps", "batch_size", "lr"))
     dataset = BufferDataset(cfg.data, condition=CONDITION_NAMES, codes=True)
     if len(dataset) < 1:
@@ -366,10 +415,17 @@ def _step(run: _Run, step: int) -> dict[str, float]:
     idx = step_indices(len(run.data), run.batch_size, step, rank, world, cfg.seed)
     batch = _collate(run.data, idx, accelerator.device)
     g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 131 + rank)
-    x0, t, noise, x_t = run.pipeline.training_inputs(batch["image"], g)
+    x0 = _cached(run, "x0", idx, batch["image"], run.pipeline.to_model)
+    cond = batch["condition"]
+    if run.raw.config.latent and run.raw.config.condition_method == "encode":
+        cond = _cached(run, "condition", idx, cond, run.pipeline.model_condition)
+    else:
+        cond = run.pipeline.model_condition(cond)
+    x0, t, noise, x_t = run.pipeline.training_inputs(batch["image"], g, x0=x0)
     with accelerator.autocast():
         expression = run.emo.expression_input(batch)
-        eps = run.model(x_t, t, batch["condition"], x_start=x0, expression=expression)
+        x_start = run.pipeline.encoder_input(batch["image"])
+        eps = run.model(x_t, t, cond, x_start=x_start, expression=expression)
         schedule = run.pipeline.schedule
         terms = {
             "diffusion": epsilon_loss(
@@ -382,6 +438,19 @@ def _step(run: _Run, step: int) -> dict[str, float]:
     if run.ema is not None:
         _ema_update(run.ema, run.raw, cfg.ema)
     return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+
+
+def _cached(run: _Run, what: str, idx: list[int], values: Tensor, make) -> Tensor:
+    """``make(values)`` per item, remembered by item for latent models (the autoencoder is
+    frozen and deterministic, so an item's latents never change); pixels pass through."""
+    if not run.pipeline.latent:
+        return make(values)
+    missing = [j for j, i in enumerate(idx) if (what, i) not in run.cache]
+    if missing:
+        made = make(values[missing])
+        for row, j in enumerate(missing):
+            run.cache[(what, idx[j])] = made[row].detach().cpu()
+    return torch.stack([run.cache[(what, i)] for i in idx]).to(values.device)
 
 
 def _after_step(run: _Run, done: int, end: int, last: dict[str, float], progress) -> Path | None:
