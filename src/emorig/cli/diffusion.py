@@ -87,11 +87,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--condition-method",
-        default="resize",
+        default="unshuffle",
         choices=CONDITION_METHODS,
-        help="how a latent model reads the buffers: resize (area-average to the latent side; "
-        "default, see docs/latent-diffusion.md), unshuffle (space-to-depth) or encode (through "
-        "the autoencoder)",
+        help="how a latent model reads the buffers: unshuffle (space-to-depth, nothing lost; "
+        "default, measured in docs/latent-diffusion.md), resize (area average to the latent "
+        "side) or encode (through the autoencoder)",
     )
     options.add_training_run(p, sample_every=1000)
     p.set_defaults(func=cmd_train_diffusion)

@@ -169,7 +169,9 @@ def add_autoencoder_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--data", required=True, help="a prepared folder ('emorig synth --prepared')")
     p.add_argument("--out", required=True, type=options.out_dir, help="run folder")
-    p.add_argument("--factor", type=int, choices=(4, 8), default=8, help="downsampling f (8)")
+    p.add_argument(
+        "--factor", type=options.int_in(4, 8), choices=(4, 8), default=8, help="downsampling f (8)"
+    )
     p.add_argument("--latent-channels", type=options.positive_int, default=4, help="C (4)")
     p.add_argument("--steps", type=options.positive_int, default=2000)
     p.add_argument("--batch-size", type=options.positive_int, default=8)

@@ -50,7 +50,7 @@ IMAGE_CHANNELS = 3
 #: How a latent model's condition buffers (rendered at image size) reach latent resolution:
 #: ``resize`` (area-averaged to the latent side, i.e. rendered at latent size with
 #: supersampling), ``unshuffle`` (space-to-depth: every f x f block becomes f*f channels,
-#: nothing lost) or ``encode`` (each 3-channel buffer through the autoencoder).
+#: nothing lost; the default) or ``encode`` (each 3-channel buffer through the autoencoder).
 #: ``docs/latent-diffusion.md`` has the measured comparison behind the default.
 CONDITION_METHODS = ("resize", "unshuffle", "encode")
 
@@ -153,7 +153,7 @@ class RigConfig:
     autoencoder: str | None = None
     autoencoder_factor: int = 1
     autoencoder_channels: int = IMAGE_CHANNELS
-    condition_method: str = "resize"
+    condition_method: str = "unshuffle"
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep tuples so the config stays hashable and comparable.

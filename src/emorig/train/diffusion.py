@@ -39,7 +39,7 @@ from emorig.diffusion.pipeline import RigPipeline
 from emorig.diffusion.schedule import epsilon_loss
 from emorig.errors import EmorigError
 from emorig.io.atomic import atomic_write
-from emorig.train.checkpoint import append_log, optimise, resume_run, save_checkpoint
+from emorig.train.checkpoint import adam, append_log, optimise, resume_run, save_checkpoint
 
 __all__ = [
     "STAGE_DEFAULTS",
@@ -86,8 +86,8 @@ class RigTrainConfig:
         autoencoder: latent DiffusionRig-EMO: denoise this autoencoder's latents
             (``builtin-f4``, ``builtin-f8`` or a diffusers folder); None = pixels. A model
             from ``init`` keeps its own space (giving another one is refused).
-        condition_method: how a new latent model reads the buffers (``resize``,
-            ``unshuffle``, ``encode``; see ``docs/latent-diffusion.md``).
+        condition_method: how a new latent model reads the buffers (``unshuffle``, the
+            default, ``resize`` or ``encode``; see ``docs/latent-diffusion.md``).
 
     A checkpoint resumes when its settings equal these by value except ``out`` and
     ``steps``, the ``PATHS`` compared as content (``train.checkpoint.run_identity``).
@@ -123,7 +123,7 @@ class RigTrainConfig:
     seed: int = 0
     cpu: bool = False
     autoencoder: str | None = None
-    condition_method: str = "resize"
+    condition_method: str = "unshuffle"
 
     def __post_init__(self) -> None:
         from emorig.diffusion.config import CONDITION_METHODS
@@ -386,7 +386,7 @@ def _start_run(cfg: RigTrainConfig) -> _Run:
             f"the model works at {model.config.image_size} px, {cfg.data} at {dataset.size} px"
         )
     trainable = set_trainable(model, tuple(cfg.resolved("trainable")))
-    optimizer = torch.optim.Adam(trainable, lr=lr)
+    optimizer = adam(trainable, lr)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.ema > 0 else None
     start = 0
     state = resume_run(
