@@ -1,6 +1,10 @@
 """Speed and memory of the DiffusionRig denoiser: one call, DDIM-20 edits, training steps.
 
 Usage: ``python benchmarks/bench_diffusion.py [--quick] [--device cpu|cuda] [--threads N]``
+or ``python benchmarks/bench_diffusion.py --latent [--runs N] [--threads N]``: latent
+DiffusionRig-EMO (f = 8 and 4) against the pixel model at 256x256, both of the official width
+(edit latency with the autoencoder included, training steps, peak memory; see
+``benchmarks/latent_vs_pixel.py``).
 
 Models (random weights, the zero-initialised output layers given small random values; speed
 does not depend on the values): the ``small`` training preset at 64x64
@@ -363,7 +367,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer runs, no 256 DDIM/training")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--latent", action="store_true", help="latent vs pixel models at 256")
+    parser.add_argument("--runs", type=int, default=3, help="--latent: runs per latent figure")
     args = parser.parse_args()
+    if args.latent:
+        from latent_vs_pixel import compare as compare_latent
+
+        compare_latent(args.runs, args.threads)
+        return
     dev = torch.device(args.device)
     quick = args.quick
     how = pick_threads(args.threads)

@@ -18,5 +18,5 @@ for fs in 8:1600 4:1400; do
 done
 wait
 for f in 8 4; do
-    python -m emorig.train.autoencoder "$runs/ae-f$f/model" "src/emorig/weights/autoencoder/builtin-f$f"
+    python -m emorig.weights.pack "$runs/ae-f$f/model" "src/emorig/weights/autoencoder/builtin-f$f"
 done

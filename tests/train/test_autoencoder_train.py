@@ -14,7 +14,6 @@ from emorig.train.autoencoder import (
     AutoencoderTrainConfig,
     build_autoencoder,
     evaluate_autoencoder,
-    pack_autoencoder,
     train_autoencoder,
 )
 
@@ -69,7 +68,9 @@ def test_training_writes_a_loadable_folder_and_learns(faces, tmp_path):
 
 def test_packed_float16_folder_loads_and_reconstructs_alike(faces, tmp_path):
     result = train_autoencoder(_cfg(faces, tmp_path / "run", steps=4))
-    packed = pack_autoencoder(result.model_folder, tmp_path / "packed")
+    from emorig.weights.pack import pack
+
+    packed = pack(result.model_folder, tmp_path / "packed")
     size = (packed / "diffusion_pytorch_model.safetensors").stat().st_size
     assert size < 0.6 * (result.model_folder / "diffusion_pytorch_model.safetensors").stat().st_size
     a, b = load_autoencoder(str(result.model_folder)), load_autoencoder(str(packed))

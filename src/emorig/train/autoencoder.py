@@ -12,7 +12,6 @@ training, the scaling factor is set to 1 / std of the held-out latents (diffuser
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -22,21 +21,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from emorig.errors import EmorigError
-from emorig.io.atomic import atomic_write
-from emorig.train.checkpoint import append_log, optimise, resume_run, save_checkpoint
+from emorig.train.checkpoint import RunConfig, append_log, optimise, resume_run, save_checkpoint
 
 __all__ = [
     "AUTOENCODER_SIZES",
     "AutoencoderTrainConfig",
     "AutoencoderTrainResult",
     "build_autoencoder",
-    "pack_autoencoder",
     "psnr",
     "train_autoencoder",
 ]
@@ -52,7 +49,7 @@ BUFFER_SHARE = 0.25
 
 
 @dataclass(frozen=True)
-class AutoencoderTrainConfig:
+class AutoencoderTrainConfig(RunConfig):
     """Everything an autoencoder training run needs; saved in every checkpoint.
 
     Attributes:
@@ -94,14 +91,6 @@ class AutoencoderTrainConfig:
             raise EmorigError(f"crop {self.crop} must be divisible by the factor {self.factor}")
         if self.steps < 1 or self.batch_size < 1 or self.latent_channels < 1:
             raise EmorigError("steps, batch size and latent channels must be positive")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AutoencoderTrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -298,35 +287,3 @@ def train_autoencoder(
     if not math.isfinite(last.get("loss", 0.0)):  # pragma: no cover - optimise refuses first
         raise EmorigError("the loss is not finite")
     return AutoencoderTrainResult(end, last, folder, score, time.perf_counter() - t0)
-
-
-def pack_autoencoder(src: str | Path, dst: str | Path) -> Path:
-    """Copy the diffusers folder ``src`` to ``dst`` with float16 weights (to ship it small;
-    loading casts them back to float32). ``config.json`` and ``training.json`` are copied."""
-    from safetensors.torch import load_file, save
-
-    src, dst = Path(src), Path(dst)
-    state = load_file(str(src / "diffusion_pytorch_model.safetensors"))
-    small = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
-    dst.mkdir(parents=True, exist_ok=True)
-    with atomic_write(dst / "diffusion_pytorch_model.safetensors", "wb") as f:
-        f.write(save(small, metadata={"format": "pt"}))
-    for name in ("config.json", "training.json"):
-        with atomic_write(dst / name, "wb") as f:
-            f.write((src / name).read_bytes())
-    return dst
-
-
-def main(argv: list[str]) -> None:  # pragma: no cover - a maintenance tool
-    import sys
-
-    if len(argv) == 2:
-        print(pack_autoencoder(argv[0], argv[1]))
-    else:
-        sys.exit("usage: python -m emorig.train.autoencoder SRC_MODEL_FOLDER DST_FOLDER")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-
-    main(sys.argv[1:])

@@ -349,6 +349,19 @@ def append_log(out: str | os.PathLike[str], record: dict[str, Any], name: str = 
         f.write(json.dumps(record) + "\n")
 
 
+class RunConfig:
+    """What every training config dataclass shares: ``to_dict`` for checkpoints and
+    ``from_dict`` that ignores fields an older or newer version wrote."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
 def adam(params, lr: float) -> torch.optim.Optimizer:
     """Adam with PyTorch's fused kernel (one pass over all parameters instead of a Python loop
     over them: 6x faster updates of a 125M-parameter model on a CPU), when every parameter

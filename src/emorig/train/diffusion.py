@@ -21,7 +21,6 @@ loss between the training image and the model's predicted clean image).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -39,7 +38,14 @@ from emorig.diffusion.pipeline import RigPipeline
 from emorig.diffusion.schedule import epsilon_loss
 from emorig.errors import EmorigError
 from emorig.io.atomic import atomic_write
-from emorig.train.checkpoint import adam, append_log, optimise, resume_run, save_checkpoint
+from emorig.train.checkpoint import (
+    RunConfig,
+    adam,
+    append_log,
+    optimise,
+    resume_run,
+    save_checkpoint,
+)
 
 __all__ = [
     "STAGE_DEFAULTS",
@@ -57,7 +63,7 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
-class RigTrainConfig:
+class RigTrainConfig(RunConfig):
     """Everything a diffusion training run needs; saved in every checkpoint.
 
     Attributes:
@@ -158,14 +164,6 @@ class RigTrainConfig:
     def resolved(self, name: str) -> Any:
         value = getattr(self, name)
         return STAGE_DEFAULTS[self.stage][name] if value is None else value
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RigTrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 # ---------------------------------------------------------------------------------------------

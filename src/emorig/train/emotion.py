@@ -50,7 +50,7 @@ from emorig.emotion.recognizers import (
 from emorig.errors import EmorigError
 from emorig.io.atomic import atomic_write
 from emorig.io.images import ImageReadError, read_image
-from emorig.train.checkpoint import append_log, optimise, resume_run, save_checkpoint
+from emorig.train.checkpoint import RunConfig, append_log, optimise, resume_run, save_checkpoint
 from emorig.types import EMOTION_CLASSES
 
 __all__ = ["EmotionSet", "EmotionTrainConfig", "EmotionTrainResult", "train_emotion"]
@@ -60,7 +60,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 @dataclass(frozen=True)
-class EmotionTrainConfig:
+class EmotionTrainConfig(RunConfig):
     """Everything an emotion-recogniser training run needs; saved in every checkpoint.
 
     Attributes:
@@ -115,14 +115,6 @@ class EmotionTrainConfig:
             raise EmorigError(f"val_fraction {self.val_fraction}: choose a value in (0, 1)")
         if self.val_every < 1 or self.save_every < 1:
             raise EmorigError("val_every and save_every must be positive")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EmotionTrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from emorig.reconstruct.emoca import EmocaConfig, EmocaModel
 from emorig.render.face import FaceRenderer
 from emorig.render.shading import sh_shading
 from emorig.synth.sampling import SynthConfig, synthetic_batch
-from emorig.train.checkpoint import append_log, optimise, resume_run, save_checkpoint
+from emorig.train.checkpoint import RunConfig, append_log, optimise, resume_run, save_checkpoint
 from emorig.types import FaceCode
 
 STAGES = ("synthetic", "pretrain", "coarse", "detail", "emoca")
@@ -61,7 +61,7 @@ IMAGE_SIZE = 224
 
 
 @dataclass(frozen=True)
-class ReconTrainConfig:
+class ReconTrainConfig(RunConfig):
     """Everything a reconstruction training run needs; saved in every checkpoint.
 
     Attributes:
@@ -129,14 +129,6 @@ class ReconTrainConfig:
             raise EmorigError("steps, batch size and group size must be positive")
         if self.stage in ("detail", "emoca") and self.init is None:
             raise EmorigError(f"the {self.stage} stage fine-tunes a trained model: pass --init")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ReconTrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
     def loss_weights(self) -> L.LossWeights:
         base = L.DECA_WEIGHTS if self.weights == "deca" else L.EMOCA_WEIGHTS

@@ -1,5 +1,7 @@
 """Copy a model folder (``config.json`` + ``model.safetensors``) with float16 weights, to ship
-it small: ``python -m emorig.weights.pack RUN/model src/emorig/weights/demo/NAME``.
+it small: ``python -m emorig.weights.pack RUN/model src/emorig/weights/demo/NAME``. A
+diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``, our
+autoencoders) is packed the same way, its files keeping diffusers' names.
 
 Loading converts the weights back to the model's float32 parameters; float16 keeps about
 three significant digits, far below what the demo's metrics resolve. Integer buffers (e.g.
@@ -24,6 +26,9 @@ from emorig.io.model_folder import (
 #: Files besides the model folder's own that are copied when present.
 EXTRA_FILES = ("training.json",)
 
+#: The weights file of a diffusers folder.
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
 
 def pack(src: str | Path, dst: str | Path) -> Path:
     """Write ``dst`` = ``src`` with floating-point tensors stored as float16.
@@ -32,14 +37,35 @@ def pack(src: str | Path, dst: str | Path) -> Path:
         AssetError: ``src`` is not a readable model folder.
     """
     src, dst = Path(src), Path(dst)
+    if (src / DIFFUSERS_WEIGHTS).is_file():
+        return _pack_diffusers(src, dst)
     info = read_folder_config(src)
     state, metadata = read_safetensors(src / WEIGHTS_NAME)
-    small = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    write_model_folder(dst, info.meta, small, metadata)
-    for extra in EXTRA_FILES:
-        if (src / extra).is_file():
-            with atomic_write(dst / extra, "wb") as f:
-                f.write((src / extra).read_bytes())
+    write_model_folder(dst, info.meta, _half(state), metadata)
+    _copy(src, dst, EXTRA_FILES)
+    return dst
+
+
+def _half(state: dict) -> dict:
+    return {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+
+
+def _copy(src: Path, dst: Path, names: tuple[str, ...]) -> None:
+    for name in names:
+        if (src / name).is_file():
+            with atomic_write(dst / name, "wb") as f:
+                f.write((src / name).read_bytes())
+
+
+def _pack_diffusers(src: Path, dst: Path) -> Path:
+    """A diffusers folder with float16 weights (loading casts them back to float32)."""
+    from safetensors.torch import load_file, save
+
+    state = load_file(str(src / DIFFUSERS_WEIGHTS))
+    dst.mkdir(parents=True, exist_ok=True)
+    with atomic_write(dst / DIFFUSERS_WEIGHTS, "wb") as f:
+        f.write(save(_half(state), metadata={"format": "pt"}))
+    _copy(src, dst, ("config.json", *EXTRA_FILES))
     return dst
 
 
