@@ -39,6 +39,7 @@ __all__ = [
     "BUILTIN_AUTOENCODERS",
     "Autoencoder",
     "autoencoder_folder",
+    "autoencoder_key",
     "buffer_images",
     "load_autoencoder",
 ]
@@ -108,14 +109,6 @@ class Autoencoder(nn.Module):
     def synthetic(self) -> bool:
         """True for the shipped autoencoders (trained on built-in-head renders only)."""
         return self.spec in BUILTIN_AUTOENCODERS
-
-    def latent_shape(self, batch: int, size: int) -> tuple[int, int, int, int]:
-        """The latents of ``batch`` images of side ``size``."""
-        if size % self.factor:
-            raise EmorigError(
-                f"image side {size} is not divisible by the autoencoder's f={self.factor}"
-            )
-        return (batch, self.latent_channels, size // self.factor, size // self.factor)
 
     def encode(self, images: Tensor) -> Tensor:
         """(B, 3, S, S) images in [0, 1] -> (B, C, S/f, S/f) scaled latents (posterior mode)."""
@@ -207,6 +200,11 @@ def _load_cached(spec: str) -> Autoencoder:
     return Autoencoder(vae.eval(), spec).eval()
 
 
+def autoencoder_key(spec: str) -> str:
+    """``spec`` as models record it: a built-in name as it is, a folder as its absolute path."""
+    return spec if spec in BUILTIN_AUTOENCODERS else str(Path(spec).expanduser().resolve())
+
+
 def load_autoencoder(spec: str, device: torch.device | str = "cpu") -> Autoencoder:
     """The autoencoder ``spec`` names (``builtin-f4``, ``builtin-f8`` or a diffusers folder),
     frozen, in eval mode, on ``device``. Loaded once per process and spec (a copy per device).
@@ -214,7 +212,7 @@ def load_autoencoder(spec: str, device: torch.device | str = "cpu") -> Autoencod
     Raises:
         AssetError: missing or malformed folder (one line naming the file).
     """
-    key = spec if spec in BUILTIN_AUTOENCODERS else str(Path(spec).expanduser().resolve())
+    key = autoencoder_key(spec)
     model = _load_cached(key)
     device = torch.device(device)
     if next(model.parameters()).device != device:

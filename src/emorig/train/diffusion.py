@@ -219,14 +219,11 @@ def latent_space(cfg: RigTrainConfig) -> dict[str, Any]:
     model the autoencoder (loaded once to read its f and channels) and the condition method."""
     if cfg.autoencoder is None:
         return {}
-    from emorig.diffusion.autoencoder import BUILTIN_AUTOENCODERS, load_autoencoder
+    from emorig.diffusion.autoencoder import load_autoencoder
 
     ae = load_autoencoder(cfg.autoencoder)
-    spec = cfg.autoencoder
-    if spec not in BUILTIN_AUTOENCODERS:
-        spec = str(Path(spec).expanduser().resolve())
     return {
-        "autoencoder": spec,
+        "autoencoder": ae.spec,
         "autoencoder_factor": ae.factor,
         "autoencoder_channels": ae.latent_channels,
         "condition_method": cfg.condition_method,
@@ -237,7 +234,9 @@ def _check_space(cfg: RigTrainConfig, model: RigModel) -> None:
     """Refuse an ``--autoencoder`` that differs from the one an ``--init`` model works in."""
     if cfg.autoencoder is None:
         return
-    wanted = latent_space(cfg)["autoencoder"]
+    from emorig.diffusion.autoencoder import autoencoder_key
+
+    wanted = autoencoder_key(cfg.autoencoder)
     if model.config.autoencoder != wanted:
         have = model.config.autoencoder or "pixels"
         raise EmorigError(
