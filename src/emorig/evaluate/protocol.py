@@ -424,7 +424,7 @@ def _settings(ds, modes, pairs, seed, editor, identity, targets, mv, fid_network
         "head": ds.manifest.settings.head,
         "data_reconstructor": ds.manifest.settings.reconstructor,
         "image_size": ds.size,
-        "model": editor.model.config.describe(),
+        "model_space": editor.model.config.describe(),
         "modes": list(modes),
         "pairs": pairs,
         "seed": seed,
